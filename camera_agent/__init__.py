@@ -1,0 +1,1 @@
+"""The camera agent: capture JPEG frames and push them to a framebroker."""

@@ -1,0 +1,17 @@
+"""Typed keys for what the application object holds (no module-level state)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import Settings
+from .hub import Hub
+
+__all__ = ["BOUNDARY", "HUB", "INSTANCE", "SETTINGS"]
+
+SETTINGS = web.AppKey("settings", Settings)
+HUB = web.AppKey("hub", Hub)
+# The MJPEG multipart boundary, random per broker, shared by every stream so parts are built once.
+BOUNDARY = web.AppKey("boundary", bytes)
+# Random per broker start; part of ETags so a restarted broker's frame 1 is not "not modified".
+INSTANCE = web.AppKey("instance", str)

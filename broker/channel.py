@@ -1,0 +1,213 @@
+"""One camera: its newest frame, its publisher, its viewers and its online state."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Protocol
+
+from . import wire
+from .frame import Frame
+from .writer import FrameWriter
+
+__all__ = ["Channel", "Publisher"]
+
+
+class Publisher(Protocol):
+    """What a channel needs from the connection that feeds it frames."""
+
+    peer: str
+
+    def viewers_changed(self, count: int) -> None:
+        """Tell the publisher how many viewers the camera has now."""
+
+    def replaced(self) -> None:
+        """Another publisher took over this camera: close this one."""
+
+
+class Channel:
+    """One camera's newest frame and the viewers waiting for the next one.
+
+    `publish()` is synchronous: it stores the frame and offers it to every viewer's
+    writer, which either writes it at once or keeps it as that viewer's newest
+    pending frame. No viewer can delay the publisher or another viewer.
+    """
+
+    def __init__(self, camera: str, *, offline_after: float) -> None:
+        self.camera = camera
+        self.latest: Frame | None = None
+        self.publisher: Publisher | None = None
+        self.seen = False  # a publisher has connected or posted: the camera "exists"
+        self.agent: dict[str, object] = {}
+        self.frames = 0
+        self.bytes = 0
+        self.fps = 0.0
+        self.bytes_per_second = 0.0
+        self._offline_after = offline_after
+        self._viewers: set[FrameWriter] = set()
+        self._demand_since = time.monotonic()
+        self._online = False
+        self._status_since = time.time()
+        self._status_message = self._build_status()
+        self._no_signal: Frame | None = None
+        self._meter_at = time.monotonic()
+        self._meter_frames = 0
+        self._meter_bytes = 0
+
+    # -- frames ----------------------------------------------------------------------
+
+    def publish(self, jpeg: bytes) -> Frame:
+        """Make `jpeg` the newest frame and offer it to every viewer. Never awaits."""
+        now_mono = time.monotonic()
+        frame = Frame(self.camera, self.frames + 1, jpeg, time.time(), now_mono)
+        self.latest = frame
+        self.frames += 1
+        self.bytes += len(jpeg)
+        self.seen = True
+        if not self._online:
+            self._set_online(True)
+        for viewer in self._viewers:
+            viewer.offer(frame)
+        return frame
+
+    # -- publisher -------------------------------------------------------------------
+
+    def attach_publisher(self, publisher: Publisher) -> Publisher | None:
+        """Make `publisher` the camera's only publisher; returns the one it replaced."""
+        previous = self.publisher
+        self.publisher = publisher
+        self.seen = True
+        if previous is not None:
+            previous.replaced()
+        publisher.viewers_changed(len(self._viewers))
+        return previous
+
+    def detach_publisher(self, publisher: Publisher) -> None:
+        """Forget `publisher` unless another one has taken over already."""
+        if self.publisher is publisher:
+            self.publisher = None
+
+    # -- viewers ---------------------------------------------------------------------
+
+    @property
+    def viewer_count(self) -> int:
+        """WebSocket and MJPEG viewers now connected."""
+        return len(self._viewers)
+
+    def viewer_counts(self) -> dict[str, int]:
+        """Viewers by kind ("ws", "mjpeg")."""
+        counts = {"ws": 0, "mjpeg": 0}
+        for viewer in self._viewers:
+            counts[viewer.kind] = counts.get(viewer.kind, 0) + 1
+        return counts
+
+    def add_viewer(self, writer: FrameWriter) -> None:
+        """Start feeding `writer`: the state first (WebSocket), then the newest frame."""
+        self._viewers.add(writer)
+        if len(self._viewers) == 1:
+            self._demand_since = time.monotonic()
+            self._tell_publisher()
+        if writer.kind == "ws":
+            writer.offer_text(self._status_message)
+        frame = self._frame_for(writer)
+        if frame is not None:
+            writer.offer(frame)
+
+    def remove_viewer(self, writer: FrameWriter) -> None:
+        """Stop feeding `writer`."""
+        self._viewers.discard(writer)
+        if not self._viewers:
+            self._tell_publisher()
+
+    # -- liveness --------------------------------------------------------------------
+
+    @property
+    def online(self) -> bool:
+        """Whether the camera is delivering the frames it is expected to deliver."""
+        return self._online
+
+    @property
+    def status_since(self) -> float:
+        """Unix time of the last online/offline change."""
+        return self._status_since
+
+    @property
+    def no_signal(self) -> Frame | None:
+        """The picture MJPEG viewers see while the camera is offline."""
+        return self._no_signal
+
+    def expected_online(self, now: float) -> bool:
+        """Online: a recent frame, or a publisher that owes none (no viewers, or just asked)."""
+        if self.latest is not None and now - self.latest.received_mono < self._offline_after:
+            return True
+        if self.publisher is None:
+            return False
+        return not self._viewers or now - self._demand_since < self._offline_after
+
+    def refresh(self, now: float) -> bool:
+        """Update the online state and the rate meters; True when the camera just went offline."""
+        elapsed = now - self._meter_at
+        if elapsed >= 0.5:
+            self.fps = (self.frames - self._meter_frames) / elapsed
+            self.bytes_per_second = (self.bytes - self._meter_bytes) / elapsed
+            self._meter_at, self._meter_frames, self._meter_bytes = now, self.frames, self.bytes
+        online = self.expected_online(now)
+        if online == self._online:
+            return False
+        self._set_online(online)
+        return not online
+
+    def show_no_signal(self, frame: Frame) -> None:
+        """Show `frame` to MJPEG viewers while offline (WebSocket viewers get the state instead)."""
+        self._no_signal = frame
+        for viewer in self._viewers:
+            if viewer.kind == "mjpeg":
+                viewer.offer(frame)
+
+    def keep_alive(self, now: float, interval: float) -> None:
+        """Repeat the current picture to MJPEG viewers that got nothing for `interval` seconds.
+
+        Proxies and players drop a multipart stream that goes quiet.
+        """
+        for viewer in self._viewers:
+            if viewer.kind == "mjpeg" and now - viewer.last_write_mono >= interval:
+                frame = self._frame_for(viewer)
+                if frame is not None:
+                    viewer.offer(frame)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing worth keeping: never published, nobody watching."""
+        return not self.seen and not self._viewers
+
+    # -- internals -------------------------------------------------------------------
+
+    def _frame_for(self, writer: FrameWriter) -> Frame | None:
+        if writer.kind == "mjpeg" and not self._online and self._no_signal is not None:
+            return self._no_signal
+        return self.latest
+
+    def _set_online(self, online: bool) -> None:
+        self._online = online
+        self._status_since = time.time()
+        if online:
+            self._no_signal = None
+        self._status_message = self._build_status()
+        for viewer in self._viewers:
+            if viewer.kind == "ws":
+                viewer.offer_text(self._status_message)
+
+    def _build_status(self) -> bytes:
+        payload = json.dumps(
+            {
+                "type": "status",
+                "camera": self.camera,
+                "online": self._online,
+                "since": round(self._status_since, 3),
+            }
+        ).encode()
+        return wire.websocket_frame(payload, wire.OP_TEXT)
+
+    def _tell_publisher(self) -> None:
+        if self.publisher is not None:
+            self.publisher.viewers_changed(len(self._viewers))

@@ -1,0 +1,72 @@
+"""A frame as the broker keeps it: immutable JPEG bytes plus the wire forms built from them."""
+
+from __future__ import annotations
+
+import struct
+
+from . import wire
+from .jpeg import jpeg_dimensions
+
+__all__ = ["VIEWER_HEADER", "Frame"]
+
+# The opt-in header of viewer messages: sequence number and the broker's receive time
+# in milliseconds since the Unix epoch, both big-endian (README, "Protocol").
+VIEWER_HEADER = struct.Struct("!Qd")
+
+
+class Frame:
+    """One JPEG of one camera. Wire forms are built on first use and shared by every viewer."""
+
+    __slots__ = (
+        "_mjpeg_chunk",
+        "_mjpeg_part",
+        "_ws_message",
+        "_ws_message_with_header",
+        "camera",
+        "height",
+        "jpeg",
+        "received_at",
+        "received_mono",
+        "seq",
+        "width",
+    )
+
+    def __init__(self, camera: str, seq: int, jpeg: bytes, received_at: float, received_mono: float) -> None:
+        self.camera = camera
+        self.seq = seq
+        self.jpeg = jpeg
+        self.received_at = received_at  # wall clock, for people and Last-Modified
+        self.received_mono = received_mono  # monotonic, for ages and rates
+        self.width, self.height = jpeg_dimensions(jpeg) or (None, None)
+        self._ws_message: bytes | None = None
+        self._ws_message_with_header: bytes | None = None
+        self._mjpeg_part: bytes | None = None
+        self._mjpeg_chunk: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"<Frame {self.camera} #{self.seq} {len(self.jpeg)} bytes>"
+
+    def ws_message(self) -> bytes:
+        """The WebSocket binary frame holding the bare JPEG."""
+        if self._ws_message is None:
+            self._ws_message = wire.websocket_frame(self.jpeg)
+        return self._ws_message
+
+    def ws_message_with_header(self) -> bytes:
+        """The WebSocket binary frame holding the viewer header, then the JPEG."""
+        if self._ws_message_with_header is None:
+            header = VIEWER_HEADER.pack(self.seq, self.received_at * 1000.0)
+            self._ws_message_with_header = wire.websocket_frame(header + self.jpeg)
+        return self._ws_message_with_header
+
+    def mjpeg_part(self, boundary: bytes) -> bytes:
+        """The multipart part for HTTP/1.0 MJPEG viewers (boundary is the broker's, fixed)."""
+        if self._mjpeg_part is None:
+            self._mjpeg_part = wire.mjpeg_part(self.jpeg, boundary)
+        return self._mjpeg_part
+
+    def mjpeg_chunk(self, boundary: bytes) -> bytes:
+        """The multipart part as one HTTP/1.1 chunk."""
+        if self._mjpeg_chunk is None:
+            self._mjpeg_chunk = wire.http_chunk(self.mjpeg_part(boundary))
+        return self._mjpeg_chunk

@@ -1,0 +1,215 @@
+"""Frames in: the publisher WebSocket and the HTTP POST fallback, with every check a frame must pass."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from aiohttp import WSMsgType, web
+
+from .app_keys import HUB, SETTINGS
+from .auth import check_publish_token
+from .channel import Channel
+from .hub import TooManyCameras
+from .jpeg import is_complete_jpeg
+from .params import camera_id, peer
+
+__all__ = ["FrameRejected", "PublisherSession", "publish_post", "publish_ws", "validate_frame"]
+
+log = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_REPLACED = 4000
+
+
+class FrameRejected(Exception):
+    """A frame the broker will not cache or forward; carries the answer for each transport."""
+
+    def __init__(self, reason: str, http_status: int, ws_code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.http_status = http_status
+        self.ws_code = ws_code
+
+
+def check_size(size: int, max_bytes: int) -> None:
+    """Raise FrameRejected for a frame larger than the limit."""
+    if size > max_bytes:
+        raise FrameRejected(
+            f"frame of {size} bytes is larger than max_frame_bytes={max_bytes}", 413, CLOSE_TOO_BIG
+        )
+
+
+def validate_frame(data: bytes, max_bytes: int) -> bytes:
+    """Return `data` if it is one complete JPEG within the size limit, else raise FrameRejected."""
+    check_size(len(data), max_bytes)
+    if not is_complete_jpeg(data):
+        raise FrameRejected(
+            "frame is not a complete JPEG (it must start with FF D8 and end with FF D9)",
+            415,
+            CLOSE_UNSUPPORTED_DATA,
+        )
+    return data
+
+
+def open_channel(request: web.Request, camera: str) -> Channel:
+    """The camera's channel, or 503 when the camera table is full."""
+    try:
+        return request.app[HUB].open_channel(camera)
+    except TooManyCameras as exc:
+        raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+
+
+class PublisherSession:
+    """One camera agent connected over WebSocket: frames in, viewer counts out."""
+
+    def __init__(self, ws: web.WebSocketResponse, channel: Channel, peer: str) -> None:
+        self.ws = ws
+        self.channel = channel
+        self.peer = peer
+        self._viewers = 0
+        self._viewers_changed = asyncio.Event()
+        self._closing: asyncio.Task[bool] | None = None
+
+    def viewers_changed(self, count: int) -> None:
+        """Queue a `{"type": "viewers"}` message; only the newest count is sent."""
+        self._viewers = count
+        self._viewers_changed.set()
+
+    def replaced(self) -> None:
+        """Close with 4000: a newer publisher owns the camera now."""
+        log.info("camera %s: publisher %s replaced by a newer one", self.channel.camera, self.peer)
+        self._close_soon(CLOSE_REPLACED, "another publisher took over this camera")
+
+    async def close_going_away(self) -> None:
+        """Close with 1001 on shutdown."""
+        await self.ws.close(code=CLOSE_GOING_AWAY, message=b"broker shutting down")
+
+    async def run(self, max_bytes: int) -> None:
+        """Receive until the connection ends."""
+        notifier = asyncio.ensure_future(self._send_viewer_counts())
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.BINARY:
+                    self._on_frame(msg.data, max_bytes)
+                elif msg.type == WSMsgType.TEXT:
+                    self._on_control(msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    self._on_error(msg.data)
+        finally:
+            notifier.cancel()
+
+    # -- internals -------------------------------------------------------------------
+
+    def _on_frame(self, data: bytes, max_bytes: int) -> None:
+        if self._closing is not None:
+            return
+        try:
+            self.channel.publish(validate_frame(data, max_bytes))
+        except FrameRejected as exc:
+            self._reject(exc.ws_code, exc.reason)
+
+    def _on_control(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except (ValueError, RecursionError):
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            self._reject(CLOSE_INVALID_PAYLOAD, 'control message is not a JSON object with a "type"')
+            return
+        if message["type"] == "hello":
+            self.channel.agent = {k: v for k, v in message.items() if k != "type"}
+            log.info(
+                "camera %s: publisher %s says hello: %s",
+                self.channel.camera,
+                self.peer,
+                self.channel.agent,
+            )
+        else:
+            log.debug("camera %s: ignoring control message %r", self.channel.camera, message["type"])
+
+    def _on_error(self, exc: BaseException) -> None:
+        # aiohttp has already closed the socket with the matching code (1009 for a too-large
+        # message, 1002/1007 for protocol errors); say why, once.
+        log.warning(
+            "camera %s: publisher %s closed: %s (code %s)",
+            self.channel.camera,
+            self.peer,
+            exc,
+            self.ws.close_code,
+        )
+
+    def _reject(self, code: int, reason: str) -> None:
+        log.warning(
+            "camera %s: publisher %s rejected: %s (closing with %d)",
+            self.channel.camera,
+            self.peer,
+            reason,
+            code,
+        )
+        self._close_soon(code, reason)
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
+
+    async def _send_viewer_counts(self) -> None:
+        while True:
+            await self._viewers_changed.wait()
+            self._viewers_changed.clear()
+            if self.ws.closed:
+                return
+            await self.ws.send_json({"type": "viewers", "count": self._viewers})
+
+
+async def publish_ws(request: web.Request) -> web.WebSocketResponse:
+    """`GET /cameras/{camera}/publish`: a publisher's WebSocket."""
+    camera = camera_id(request)
+    settings = request.app[SETTINGS]
+    check_publish_token(request, settings.publish_token)
+    channel = open_channel(request, camera)
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat,
+        compress=False,  # JPEG does not deflate; compression would only cost CPU
+        max_msg_size=settings.max_frame_bytes,
+    )
+    await ws.prepare(request)
+    session = PublisherSession(ws, channel, peer(request))
+    log.info("camera %s: publisher %s connected", channel.camera, session.peer)
+    hub = request.app[HUB]
+    with hub.track(session):
+        channel.attach_publisher(session)
+        try:
+            await session.run(settings.max_frame_bytes)
+        finally:
+            channel.detach_publisher(session)
+            log.info(
+                "camera %s: publisher %s disconnected (code %s)",
+                channel.camera,
+                session.peer,
+                ws.close_code,
+            )
+    return ws
+
+
+async def publish_post(request: web.Request) -> web.Response:
+    """`POST /cameras/{camera}/publish`: one JPEG in the body."""
+    camera = camera_id(request)
+    settings = request.app[SETTINGS]
+    check_publish_token(request, settings.publish_token)
+    limit = settings.max_frame_bytes
+    try:
+        if request.content_length is not None:
+            check_size(request.content_length, limit)  # before reading the body
+        data = await request.read()  # client_max_size bounds chunked bodies too
+        validate_frame(data, limit)
+    except FrameRejected as exc:
+        log.warning("camera %s: POST from %s rejected: %s", camera, peer(request), exc.reason)
+        return web.Response(status=exc.http_status, text=exc.reason + "\n")
+    channel = open_channel(request, camera)
+    channel.publish(data)
+    return web.Response(status=204)

@@ -1,0 +1,36 @@
+"""The whole URL map on one screen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from . import api, ingest, mjpeg, snapshot, viewer
+
+__all__ = ["setup_routes"]
+
+
+def setup_routes(app: web.Application, static_dir: Path) -> None:
+    """Add every route of the broker (README, "Protocol")."""
+    app.router.add_get("/cameras/{camera}/publish", ingest.publish_ws)
+    app.router.add_post("/cameras/{camera}/publish", ingest.publish_post)
+    app.router.add_get("/cameras/{camera}/ws", viewer.view_ws)
+    app.router.add_get("/cameras/{camera}/snapshot.jpg", snapshot.snapshot)
+    app.router.add_get("/cameras/{camera}/mjpeg", mjpeg.view_mjpeg)
+    app.router.add_get("/api/cameras", api.cameras)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/", _index(static_dir))
+    # follow_symlinks stays False: a link in the folder must not expose files outside it.
+    app.router.add_static("/static/", static_dir, follow_symlinks=False, name="static")
+
+
+def _index(static_dir: Path) -> web.RequestHandler:
+    index = static_dir / "index.html"
+
+    async def handler(request: web.Request) -> web.FileResponse:
+        if not index.is_file():
+            raise web.HTTPNotFound(text=f"viewer page not found: {index}\n")
+        return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+    return handler

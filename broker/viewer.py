@@ -1,0 +1,92 @@
+"""Frames out over WebSocket: one viewer connection, fed by its channel through a FrameWriter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiohttp import WSMsgType, web
+
+from .app_keys import HUB, SETTINGS
+from .frame import Frame
+from .hub import TooManyCameras
+from .params import camera_id, peer
+from .writer import FrameWriter
+
+__all__ = ["ViewerSession", "view_ws"]
+
+log = logging.getLogger(__name__)
+
+VIEWER_MAX_MESSAGE = 4096  # viewers have nothing to say; keep what they can make us buffer small
+
+
+class ViewerSession:
+    """One browser (or other client) watching one camera over WebSocket."""
+
+    def __init__(self, ws: web.WebSocketResponse, writer: FrameWriter) -> None:
+        self.ws = ws
+        self.writer = writer
+
+    async def close_going_away(self) -> None:
+        """Close with 1001 on shutdown; a viewer that never takes the close frame is dropped."""
+        self.writer.close()
+        try:
+            await self.ws.close(code=1001, message=b"broker shutting down")
+        except asyncio.CancelledError:
+            self.writer.abort("it did not take the close frame before the shutdown timeout")
+            raise
+
+
+def _encoder(with_header: bool) -> Callable[[Frame], bytes]:
+    return Frame.ws_message_with_header if with_header else Frame.ws_message
+
+
+async def view_ws(request: web.Request) -> web.WebSocketResponse:
+    """`GET /cameras/{camera}/ws`: newest frame now, then every new one; `?header=1` adds seq/time."""
+    camera = camera_id(request)
+    settings = request.app[SETTINGS]
+    hub = request.app[HUB]
+    try:
+        channel = hub.open_channel(camera)
+    except TooManyCameras as exc:
+        raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+    with_header = request.query.get("header", "0").lower() in ("1", "true", "yes")
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat,
+        compress=False,  # JPEG does not deflate; frames are prebuilt uncompressed
+        max_msg_size=VIEWER_MAX_MESSAGE,
+        timeout=settings.shutdown_timeout,
+    )
+    stream = await ws.prepare(request)
+    assert request.transport is not None  # prepare() raises if the connection is gone
+    writer = FrameWriter(
+        request.transport,
+        stream,
+        _encoder(with_header),
+        kind="ws",
+        peer=peer(request),
+        send_timeout=settings.viewer_send_timeout,
+        sndbuf=settings.viewer_sndbuf,
+        is_open=lambda: not ws.closed,
+    )
+    session = ViewerSession(ws, writer)
+    log.debug("camera %s: viewer %s connected (ws)", camera, writer.peer)
+    with hub.track(session):
+        channel.add_viewer(writer)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.ERROR:
+                    log.info("camera %s: viewer %s: %s", camera, writer.peer, msg.data)
+        finally:
+            writer.close()
+            channel.remove_viewer(writer)
+            hub.release(channel)
+            log.debug(
+                "camera %s: viewer %s left after %d frames (%d skipped)",
+                camera,
+                writer.peer,
+                writer.frames_written,
+                writer.frames_skipped,
+            )
+    return ws

@@ -11,14 +11,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
-
 from . import __version__
-from .app import create_app
-from .app_keys import SETTINGS
-from .auth import RedactingAccessLogger
 from .config import ConfigError, Settings, env_name, parse_value, settings_from_env
 from .logs import configure_logging
+from .server import BrokerServer
 
 __all__ = ["build_parser", "main", "serve"]
 
@@ -77,38 +73,22 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
 
 async def serve(settings: Settings) -> None:
     """Run the broker until SIGINT or SIGTERM, then shut down gracefully."""
-    app = create_app(settings)
-    settings = app[SETTINGS]  # now with the effective token
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log_class=RedactingAccessLogger,
-        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-        shutdown_timeout=settings.shutdown_timeout,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
-    await site.start()
+    server = BrokerServer(settings)
+    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    for host, port in (address[:2] for address in runner.addresses):
+    for host, port in server.addresses:
         shown = f"[{host}]" if ":" in host else host
-        log.info(
-            "framebroker %s serving on http://%s:%d/ (open it in a browser)",
-            __version__,
-            shown,
-            port,
-        )
+        log.info("framebroker %s serving on http://%s:%d/ (open it in a browser)", __version__, shown, port)
     if settings.host in ("0.0.0.0", "::", ""):
         log.info("listening on every interface: use this machine's address in the URL")
     if settings.demo:
-        port = runner.addresses[0][1]
-        log.info("demo camera: http://127.0.0.1:%d/#/cameras/demo", port)
+        log.info("demo camera: http://127.0.0.1:%d/#/cameras/demo", server.port)
     await stop.wait()
-    log.info("shutting down (at most %.1f s)", settings.shutdown_timeout)
-    await runner.cleanup()
+    log.info("shutting down (at most %.1f s)", server.settings.shutdown_timeout)
+    await server.stop()
     log.info("stopped")
 
 

@@ -87,7 +87,9 @@ class PublisherSession:
 
     async def close_going_away(self) -> None:
         """Close with 1001 on shutdown."""
-        await self.ws.close(code=CLOSE_GOING_AWAY, message=b"broker shutting down")
+        self._close_soon(CLOSE_GOING_AWAY, "broker shutting down")
+        assert self._closing is not None
+        await self._closing
 
     async def run(self, max_bytes: int) -> None:
         """Receive until the connection ends."""
@@ -102,6 +104,10 @@ class PublisherSession:
                     self._on_error(msg.data)
         finally:
             notifier.cancel()
+            if self._closing is not None:
+                # Let our close handshake finish: returning now would drop the TCP connection
+                # under the peer, which would then see 1006 instead of our code and reason.
+                await asyncio.wait([self._closing])
 
     # -- internals -------------------------------------------------------------------
 
@@ -176,6 +182,7 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
         heartbeat=settings.heartbeat,
         compress=False,  # JPEG does not deflate; compression would only cost CPU
         max_msg_size=settings.max_frame_bytes,
+        timeout=settings.shutdown_timeout,  # bound on waiting for the peer's close reply
     )
     await ws.prepare(request)
     session = PublisherSession(ws, channel, peer(request))

@@ -27,12 +27,17 @@ class ViewerSession:
     def __init__(self, ws: web.WebSocketResponse, writer: FrameWriter) -> None:
         self.ws = ws
         self.writer = writer
+        self.closing: asyncio.Future[None] | None = None
 
     async def close_going_away(self) -> None:
         """Close with 1001 on shutdown; a viewer that never takes the close frame is dropped."""
+        self.closing = asyncio.ensure_future(self._close(1001, "broker shutting down"))
+        await self.closing
+
+    async def _close(self, code: int, reason: str) -> None:
         self.writer.close()
         try:
-            await self.ws.close(code=1001, message=b"broker shutting down")
+            await self.ws.close(code=code, message=reason.encode())
         except asyncio.CancelledError:
             self.writer.abort("it did not take the close frame before the shutdown timeout")
             raise
@@ -78,6 +83,9 @@ async def view_ws(request: web.Request) -> web.WebSocketResponse:
             async for msg in ws:
                 if msg.type == WSMsgType.ERROR:
                     log.info("camera %s: viewer %s: %s", camera, writer.peer, msg.data)
+            if session.closing is not None:
+                # Returning before the close handshake ends would drop TCP under the peer.
+                await asyncio.wait([session.closing])
         finally:
             writer.close()
             channel.remove_viewer(writer)

@@ -1,0 +1,163 @@
+"""Shared test set-up: a real broker on 127.0.0.1, real JPEGs, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+
+from broker.config import Settings
+from broker.server import BrokerServer
+
+TOKEN = "test-token-0123456789"
+
+# Small timeouts so liveness tests finish fast; each test may override any setting.
+TEST_SETTINGS: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "port": 0,
+    "publish_token": TOKEN,
+    "heartbeat": 2.0,
+    "offline_after": 1.0,
+    "viewer_send_timeout": 3.0,
+    "mjpeg_keepalive": 0.5,
+    "shutdown_timeout": 3.0,
+    "access_log": True,
+}
+
+
+def make_jpeg(
+    color: tuple[int, int, int] = (0, 128, 255),
+    size: tuple[int, int] = (320, 240),
+    text: str = "",
+    noise: int = 0,
+) -> bytes:
+    """A real JPEG of one BGR colour (optional text; `noise` > 0 adds grain, making it camera-sized)."""
+    width, height = size
+    image = np.full((height, width, 3), color, np.uint8)
+    if noise:
+        grain = np.random.default_rng(noise).integers(-40, 40, image.shape, dtype=np.int16)
+        image = np.clip(image.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+    if text:
+        cv2.putText(image, text, (10, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    assert ok
+    return encoded.tobytes()
+
+
+@dataclasses.dataclass
+class RunningBroker:
+    """A broker started by `start_broker`."""
+
+    server: BrokerServer
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def token(self) -> str:
+        return self.server.settings.publish_token
+
+    @property
+    def app(self) -> Any:
+        return self.server.app
+
+    @property
+    def settings(self) -> Settings:
+        return self.server.settings
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+
+StartBroker = Callable[..., Awaitable[RunningBroker]]
+
+
+@pytest.fixture
+async def start_broker() -> AsyncIterator[StartBroker]:
+    """Factory: `await start_broker(port=0, **settings)` runs a real broker; all are stopped after."""
+    running: list[RunningBroker] = []
+
+    async def start(**overrides: Any) -> RunningBroker:
+        settings = Settings(**{**TEST_SETTINGS, **overrides})
+        broker = RunningBroker(BrokerServer(settings))
+        await broker.server.start()
+        running.append(broker)
+        return broker
+
+    yield start
+    for broker in running:
+        await broker.stop()
+
+
+@pytest.fixture
+async def broker(start_broker: StartBroker) -> RunningBroker:
+    """A broker with the test settings."""
+    return await start_broker()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session without the default 100-connection pool limit."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        yield session
+
+
+async def publisher(
+    http: aiohttp.ClientSession, broker: RunningBroker, camera: str, **kwargs: Any
+) -> aiohttp.ClientWebSocketResponse:
+    """A publisher WebSocket for `camera`, with the broker's token, past its first viewers message."""
+    ws = await http.ws_connect(broker.ws_url(f"/cameras/{camera}/publish"), headers=broker.auth, **kwargs)
+    first = await asyncio.wait_for(ws.receive_json(), 5)
+    assert first["type"] == "viewers"
+    return ws
+
+
+async def next_binary(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> bytes:
+    """The next binary message, skipping JSON state messages."""
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), timeout)
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            return msg.data
+        assert msg.type == aiohttp.WSMsgType.TEXT, f"unexpected {msg.type}: {msg.data!r}"
+
+
+async def next_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dict[str, Any]:
+    """The next JSON text message, skipping binary frames."""
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), timeout)
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            return msg.json()
+        assert msg.type == aiohttp.WSMsgType.BINARY, f"unexpected {msg.type}: {msg.data!r}"
+
+
+@pytest.fixture(autouse=True)
+def _no_task_leaks(caplog: pytest.LogCaptureFixture) -> Any:
+    """Fail a test whose broker logged an unretrieved task exception or an unexpected error."""
+    caplog.set_level(logging.INFO)
+    yield
+    bad = [
+        r
+        for r in caplog.records
+        if "Task exception was never retrieved" in r.getMessage()
+        or "Task was destroyed but it is pending" in r.getMessage()
+        or (r.levelno >= logging.ERROR and r.name.startswith("aiohttp"))
+    ]
+    assert not bad, [r.getMessage() for r in bad]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -161,3 +162,30 @@ def _no_task_leaks(caplog: pytest.LogCaptureFixture) -> Any:
         or (r.levelno >= logging.ERROR and r.name.startswith("aiohttp"))
     ]
     assert not bad, [r.getMessage() for r in bad]
+
+
+class _SkipsFailInCI:
+    """Under CI=true a skip means a missing tool that CI should have installed: fail the run."""
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped:
+            self.skipped.append(report.nodeid)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.skipped and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.skipped:
+            terminalreporter.write_line(
+                f"CI=true: {len(self.skipped)} skipped tests count as failures: " + ", ".join(self.skipped),
+                red=True,
+            )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        config.pluginmanager.register(_SkipsFailInCI(), "skips-fail-in-ci")

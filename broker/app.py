@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .app_keys import BOUNDARY, HUB, INSTANCE, SETTINGS
-from .config import Settings
+from .config import Settings, settings_from_env
 from .demo import demo_camera
 from .hub import Hub
 from .routes import setup_routes
@@ -21,12 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
-    """Build the broker for `settings` (defaults if None); generates a publish token if none is set.
+    """Build the broker for `settings` (FRAMEBROKER_* variables if None); generates a token if none is set.
 
     Works with `web.run_app`, aiohttp's test utilities and gunicorn's aiohttp worker
     (`gunicorn 'broker.app:create_app()' -k aiohttp.GunicornUVLoopWebWorker`).
     """
-    settings, generated = (settings or Settings()).with_token()
+    settings, generated = (settings or settings_from_env()).with_token()
     if generated:
         # Logged once, at start, so the operator can configure agents; never again.
         log.warning("no publish token configured; generated one for this run: %s", settings.publish_token)

@@ -189,3 +189,10 @@ class _SkipsFailInCI:
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         config.pluginmanager.register(_SkipsFailInCI(), "skips-fail-in-ci")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Run every async test on uvloop, the loop the broker uses in production."""
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}

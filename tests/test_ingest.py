@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
@@ -251,3 +252,24 @@ async def test_camera_table_is_bounded(start_broker, http):
         assert "max_cameras=2" in await r.text()
     async with http.post(broker.url("/cameras/one/publish"), data=make_jpeg(), headers=broker.auth) as r:
         assert r.status == 204
+
+
+async def test_a_silent_publisher_is_dropped_by_the_heartbeat(start_broker, http):
+    """A publisher that stops answering pings (a frozen agent) is disconnected; viewers stay."""
+    broker = await start_broker(heartbeat=0.4)
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    writer.write(
+        b"GET /cameras/frozen/publish HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Authorization: Bearer " + broker.token.encode() + b"\r\n\r\n"
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    started = time.monotonic()
+    # Never answer: read what the broker sends (the viewers message, pings) until it hangs up.
+    while await asyncio.wait_for(reader.read(4096), 5):
+        pass
+    assert time.monotonic() - started < 3
+    async with http.get(broker.url("/api/cameras")) as resp:
+        (camera,) = (await resp.json())["cameras"]
+    assert camera["publisher"] is False
+    writer.close()

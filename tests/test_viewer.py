@@ -193,6 +193,10 @@ async def check_fast_viewer_is_unaffected(broker, http, pub) -> None:
     assert received >= 0.9 * published, (received, published)
     # user space holds at most the rest of one frame per viewer: no queue builds up
     assert worst_backlog <= frame_size + 16
+    # Kernel memory too: each viewer socket has the bounded send buffer (Linux doubles it).
+    for writer in channel._viewers:
+        sndbuf = writer._transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        assert sndbuf <= 2 * broker.settings.viewer_sndbuf
     skipped = sorted(w.frames_skipped for w in channel._viewers if w.kind == "ws")
     assert skipped[-1] > 0  # the stalled ones skipped frames (newest wins)
 

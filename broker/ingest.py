@@ -13,7 +13,7 @@ from .auth import check_publish_token
 from .channel import Channel
 from .hub import TooManyCameras
 from .jpeg import is_complete_jpeg
-from .params import camera_id, peer
+from .params import camera_id, peer, require_websocket_13
 
 __all__ = ["FrameRejected", "PublisherSession", "publish_post", "publish_ws", "validate_frame"]
 
@@ -177,6 +177,7 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
     camera = camera_id(request)
     settings = request.app[SETTINGS]
     check_publish_token(request, settings.publish_token)
+    require_websocket_13(request)
     channel = open_channel(request, camera)
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat,

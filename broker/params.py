@@ -6,7 +6,7 @@ import re
 
 from aiohttp import web
 
-__all__ = ["CAMERA_ID", "camera_id", "peer"]
+__all__ = ["CAMERA_ID", "camera_id", "peer", "require_websocket_13"]
 
 CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -25,3 +25,13 @@ def camera_id(request: web.Request) -> str:
 def peer(request: web.Request) -> str:
     """The client's address for log lines."""
     return request.remote or "unknown"
+
+
+def require_websocket_13(request: web.Request) -> None:
+    """426 for WebSocket versions other than 13 (RFC 6455 4.4); aiohttp would accept 7 and 8 too."""
+    version = request.headers.get("Sec-WebSocket-Version")
+    if version is not None and version.strip() != "13":
+        raise web.HTTPUpgradeRequired(
+            text="only WebSocket version 13 (RFC 6455) is supported\n",
+            headers={"Sec-WebSocket-Version": "13"},
+        )

@@ -11,7 +11,7 @@ from aiohttp import WSMsgType, web
 from .app_keys import HUB, SETTINGS
 from .frame import Frame
 from .hub import TooManyCameras
-from .params import camera_id, peer
+from .params import camera_id, peer, require_websocket_13
 from .writer import FrameWriter
 
 __all__ = ["ViewerSession", "view_ws"]
@@ -56,6 +56,7 @@ async def view_ws(request: web.Request) -> web.WebSocketResponse:
         channel = hub.open_channel(camera)
     except TooManyCameras as exc:
         raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+    require_websocket_13(request)
     with_header = request.query.get("header", "0").lower() in ("1", "true", "yes")
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat,

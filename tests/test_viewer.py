@@ -280,3 +280,17 @@ async def test_viewers_of_many_cameras_are_counted_by_kind(broker, http, kind):
         (camera,) = (await resp.json())["cameras"]
     assert camera["viewers"] == {"ws": 1 if kind == "ws" else 0, "mjpeg": 1 if kind == "mjpeg" else 0}
     conn.close() if kind == "mjpeg" else await conn.close()
+
+
+@pytest.mark.parametrize("path", ["/cameras/garden/ws", "/cameras/garden/publish"])
+async def test_old_websocket_versions_get_426(broker, http, path):
+    headers = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "8",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        **broker.auth,
+    }
+    async with http.get(broker.url(path), headers=headers) as resp:
+        assert resp.status == 426
+        assert resp.headers["Sec-WebSocket-Version"] == "13"

@@ -57,10 +57,10 @@ class RunningBroker:
     """A broker started by `start_broker`."""
 
     server: BrokerServer
+    port: int = 0  # kept after stop(), so a test can restart on the same port
 
-    @property
-    def port(self) -> int:
-        return self.server.port
+    def __post_init__(self) -> None:
+        self.port = self.server.port
 
     @property
     def token(self) -> str:
@@ -98,8 +98,9 @@ async def start_broker() -> AsyncIterator[StartBroker]:
 
     async def start(**overrides: Any) -> RunningBroker:
         settings = Settings(**{**TEST_SETTINGS, **overrides})
-        broker = RunningBroker(BrokerServer(settings))
-        await broker.server.start()
+        server = BrokerServer(settings)
+        await server.start()
+        broker = RunningBroker(server)
         running.append(broker)
         return broker
 

@@ -1,0 +1,202 @@
+/**
+ * The viewer page: a grid of live tiles at `#/`, one camera large at `#/cameras/ID`.
+ * The hash is the whole state, so views are bookmarkable and the back button works.
+ */
+import { CAMERA_ID, cameraUrls, fetchCameras } from './api.js';
+import { Tile } from './tile.js';
+
+/** How often the camera list is fetched again (cameras come and go, go offline). */
+const REFRESH_MS = 4000;
+
+const view = document.querySelector('#view');
+const nav = document.querySelector('#camera-nav');
+const brokerNote = document.querySelector('#broker-note');
+
+/** Tiles on screen, by camera id. */
+const tiles = new Map();
+/** The last camera list from the broker; null until the first answer. */
+let cameras = null;
+let navSignature = '';
+let refreshTimer = null;
+let refreshing = false;
+
+/** The camera id in a hash; null for the grid. */
+function routeCamera(hash = location.hash) {
+  const match = /^#\/cameras\/([^/]+)$/.exec(hash);
+  if (!match) return null;
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return match[1]; // a malformed escape: shown as an invalid id
+  }
+}
+
+function showView() {
+  for (const tile of tiles.values()) tile.destroy();
+  tiles.clear();
+  view.replaceChildren();
+  const cameraId = routeCamera();
+  if (cameraId === null) {
+    showGrid();
+  } else if (CAMERA_ID.test(cameraId)) {
+    showCamera(cameraId);
+  } else {
+    showInvalid(cameraId);
+  }
+  applyCameras();
+}
+
+function showGrid() {
+  document.title = 'framebroker';
+  view.append(
+    element('h1', { className: 'visually-hidden', textContent: 'Cameras' }),
+    element('div', { className: 'grid' }),
+    element('p', {
+      className: 'empty',
+      hidden: true,
+      textContent: 'No cameras yet. A camera appears here once a camera agent publishes to this broker.',
+    }),
+  );
+}
+
+function showCamera(cameraId) {
+  document.title = `${cameraId} · framebroker`;
+  const tile = addTile(cameraId, { large: true });
+  view.append(element('a', { className: 'back', href: '#/', textContent: '← All cameras' }), tile.element);
+}
+
+function showInvalid(cameraId) {
+  document.title = 'framebroker';
+  const message = element('p', {
+    className: 'empty',
+    textContent: `“${cameraId}” is not a camera id (letters, digits, “_” and “-”, at most 64). `,
+  });
+  message.append(element('a', { href: '#/', textContent: 'Show all cameras' }));
+  view.append(message);
+}
+
+function addTile(cameraId, options) {
+  const tile = new Tile(cameraId, options);
+  tiles.set(cameraId, tile);
+  // A player's WebSocket hears of a camera going offline long before the next list
+  // does; the nav follows it so that the two never disagree for seconds.
+  tile.player.addEventListener('change', () => {
+    const camera = cameras?.find(({ id }) => id === cameraId);
+    if (camera && tile.player.online !== null && camera.online !== tile.player.online) {
+      camera.online = tile.player.online;
+      renderNav();
+    }
+  });
+  return tile;
+}
+
+/** Brings the nav, the grid and the tiles' online state up to date with `cameras`. */
+function applyCameras() {
+  if (cameras === null) return;
+  const grid = view.querySelector('.grid');
+  if (grid) syncGrid(grid);
+  for (const camera of cameras) {
+    const tile = tiles.get(camera.id);
+    if (!tile) continue;
+    tile.update(camera);
+    // The player may know better (an open WebSocket hears changes first).
+    if (tile.player.online !== null) camera.online = tile.player.online;
+  }
+  renderNav();
+}
+
+/** Adds, removes and orders grid tiles by id; tiles that stay keep streaming undisturbed. */
+function syncGrid(grid) {
+  const listed = new Set(cameras.map((camera) => camera.id));
+  for (const [id, tile] of tiles) {
+    if (!listed.has(id)) {
+      tile.destroy();
+      tiles.delete(id);
+    }
+  }
+  cameras.forEach((camera, index) => {
+    const tile = tiles.get(camera.id) ?? addTile(camera.id);
+    if (grid.children[index] !== tile.element) {
+      grid.insertBefore(tile.element, grid.children[index] ?? null);
+    }
+  });
+  view.querySelector('.empty').hidden = cameras.length > 0;
+}
+
+function renderNav() {
+  const selected = routeCamera();
+  // Rebuilt only when something shown changed, so a focused link is not yanked away
+  // every few seconds.
+  const signature = JSON.stringify([selected, cameras.map(({ id, online }) => [id, online])]);
+  if (signature === navSignature) return;
+  navSignature = signature;
+  const focused = nav.contains(document.activeElement) ? document.activeElement.dataset.camera : null;
+  nav.replaceChildren(
+    ...cameras.map(({ id, online }) => {
+      const link = element('a', { href: cameraUrls(id).page, className: online ? 'online' : 'offline' });
+      link.dataset.camera = id;
+      if (id === selected) link.setAttribute('aria-current', 'page');
+      link.append(
+        element('span', { className: 'dot' }),
+        id,
+        element('span', { className: 'visually-hidden', textContent: online ? ' (online)' : ' (offline)' }),
+      );
+      const item = element('li');
+      item.append(link);
+      return item;
+    }),
+  );
+  if (focused) nav.querySelector(`a[data-camera="${focused}"]`)?.focus();
+}
+
+async function refresh() {
+  if (refreshing) return;
+  refreshing = true;
+  clearTimeout(refreshTimer);
+  try {
+    cameras = await fetchCameras();
+    brokerNote.hidden = true;
+    applyCameras();
+  } catch {
+    brokerNote.hidden = false; // the players retry on their own; the list retries below
+  } finally {
+    refreshing = false;
+  }
+  if (!document.hidden) refreshTimer = setTimeout(refresh, REFRESH_MS);
+}
+
+function element(tag, properties = {}) {
+  return Object.assign(document.createElement(tag), properties);
+}
+
+window.addEventListener('hashchange', (event) => {
+  const left = routeCamera(new URL(event.oldURL).hash);
+  showView();
+  // Move focus to what just opened, or back to the tile the user came from.
+  const [tile] = tiles.values();
+  if (routeCamera() !== null) {
+    tile?.focus();
+  } else if (left !== null) {
+    tiles.get(left)?.focus();
+  }
+});
+
+// A hidden tab streams nothing: every player closes its connection until it is shown.
+document.addEventListener('visibilitychange', () => {
+  for (const tile of tiles.values()) tile.player.setHidden(document.hidden);
+  if (document.hidden) {
+    clearTimeout(refreshTimer);
+  } else {
+    refresh();
+  }
+});
+
+document.addEventListener('keydown', (event) => {
+  // Escape leaves the large view (in fullscreen the browser uses it to leave fullscreen).
+  if (event.key === 'Escape' && routeCamera() !== null && !document.fullscreenElement) {
+    location.hash = '#/';
+  }
+});
+
+showView();
+refresh();

@@ -1,0 +1,36 @@
+"""The one interface every frame source implements, and the errors it may raise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["FrameCallback", "FrameSource", "SourceError", "SourceUnavailable"]
+
+#: Receives one complete JPEG; always called on the event-loop thread.
+FrameCallback = Callable[[bytes], None]
+
+
+class SourceError(Exception):
+    """A source failed at run time; the message is one line meant for the log."""
+
+
+class SourceUnavailable(SourceError):
+    """The device is missing, busy or unreachable right now; worth retrying later."""
+
+
+class FrameSource(Protocol):
+    """A camera that pushes JPEG frames while ``run()`` is running.
+
+    ``run()`` opens the device, calls ``on_frame`` on the event-loop thread for
+    every new JPEG, and closes the device when it is cancelled. It returns when a
+    finite source (a video file without ``--loop``) is exhausted, and raises
+    ``SourceError`` when the device cannot be opened or fails.
+    """
+
+    #: Source kind as named on the command line ("opencv", "synthetic", ...).
+    kind: str
+    #: True when frames should arrive steadily, so that silence means a stall.
+    steady: bool
+
+    async def run(self, on_frame: FrameCallback) -> None: ...

@@ -72,15 +72,14 @@ class Channel:
 
     # -- publisher -------------------------------------------------------------------
 
-    def attach_publisher(self, publisher: Publisher) -> Publisher | None:
-        """Make `publisher` the camera's only publisher; returns the one it replaced."""
+    def attach_publisher(self, publisher: Publisher) -> None:
+        """Make `publisher` the camera's only publisher; the previous one is told to go."""
         previous = self.publisher
         self.publisher = publisher
         self.seen = True
         if previous is not None:
             previous.replaced()
         publisher.viewers_changed(len(self._viewers))
-        return previous
 
     def detach_publisher(self, publisher: Publisher) -> None:
         """Forget `publisher` unless another one has taken over already."""

@@ -22,8 +22,7 @@ MAX_FPS = 120.0
 class MjpegSession:
     """One MJPEG stream; it has no close handshake, so shutdown just ends the body."""
 
-    def __init__(self, response: web.StreamResponse, writer: FrameWriter) -> None:
-        self.response = response
+    def __init__(self, writer: FrameWriter) -> None:
         self.writer = writer
 
     async def close_going_away(self) -> None:
@@ -85,7 +84,7 @@ async def view_mjpeg(request: web.Request) -> web.StreamResponse:
         sndbuf=settings.viewer_sndbuf,
         min_interval=1.0 / fps if fps else 0.0,
     )
-    session = MjpegSession(response, writer)
+    session = MjpegSession(writer)
     log.debug("camera %s: viewer %s connected (mjpeg)", camera, writer.peer)
     with hub.track(session):
         channel.add_viewer(writer)

@@ -59,7 +59,6 @@ class FrameWriter:
         self._closed = asyncio.get_running_loop().create_future()
         self.frames_written = 0
         self.frames_skipped = 0
-        self.last_written: Frame | None = None
         # Pause the protocol as soon as anything is left unsent, and resume only when
         # all of it has gone to the kernel: the drain wait then means "ready for the next frame".
         transport.set_write_buffer_limits(high=0, low=0)
@@ -74,11 +73,6 @@ class FrameWriter:
     def last_write_mono(self) -> float:
         """Monotonic time of the last frame written (-inf before the first)."""
         return self._last_write
-
-    @property
-    def pending(self) -> bool:
-        """True while bytes or a frame wait to be sent: the peer is not keeping up right now."""
-        return self._pending is not None or self._transport.get_write_buffer_size() > 0
 
     @property
     def closed(self) -> bool:
@@ -100,7 +94,7 @@ class FrameWriter:
             return
         if self._ready():
             self._write(self._encode(frame))
-            self._mark_written(frame)
+            self._mark_written()
         else:
             self._pending = frame
             self._start_flush()
@@ -144,10 +138,9 @@ class FrameWriter:
             return
         self._transport.write(data)
 
-    def _mark_written(self, frame: Frame) -> None:
+    def _mark_written(self) -> None:
         self._last_write = time.monotonic()
         self.frames_written += 1
-        self.last_written = frame
 
     def _start_flush(self) -> None:
         if self._flusher is None:
@@ -166,12 +159,13 @@ class FrameWriter:
                 if frame is not None and self._rate_allows():
                     self._pending = None
                     self._write(self._encode(frame))
-                    self._mark_written(frame)
+                    self._mark_written()
         except TimeoutError:
             self._flusher = None
             self.abort(f"its socket accepted nothing for {self._send_timeout:g} s")
             return
         except ConnectionError:
+            # The peer went away while we waited for the drain; close below, as for is_closing().
             pass
         self._flusher = None
         if self._transport.is_closing():

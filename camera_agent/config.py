@@ -51,6 +51,9 @@ class BrokerConfig:
     # Reconnect backoff (seconds): full jitter, doubling from initial up to max.
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    # Timeouts (seconds)
+    heartbeat: float = 20.0  # WebSocket ping interval; a dead broker is noticed within about twice this
+    connect_timeout: float = 30.0  # connect plus handshake, and one HTTP POST
 
     def publish_url(self, camera: str, *, websocket: bool) -> str:
         """The publish route for ``camera``, as ws(s):// or http(s)://."""
@@ -244,6 +247,10 @@ OPTIONS: tuple[Option, ...] = (
            "frames larger than this are dropped before sending", metavar="BYTES"),
     Option("backoff_initial", "broker", _POSITIVE, "first reconnect delay cap", metavar="SECONDS"),
     Option("backoff_max", "broker", _POSITIVE, "longest reconnect delay", metavar="SECONDS"),
+    Option("heartbeat", "broker", _POSITIVE, "WebSocket ping interval; a silent broker is dropped",
+           metavar="SECONDS"),
+    Option("connect_timeout", "broker", _POSITIVE,
+           "longest connect and handshake (ws), or one POST (http)", metavar="SECONDS"),
     # Camera
     Option("id", "camera", _camera_id, "camera id on the broker", flag_name="camera",
            metavar="ID"),

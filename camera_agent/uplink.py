@@ -119,10 +119,6 @@ class _Sender:
 class WebSocketUplink(_Sender):
     """One WebSocket to ``/cameras/{id}/publish``: frames out, viewer counts in."""
 
-    #: Seconds between pings; a dead peer is noticed within about twice this.
-    heartbeat: float = 20.0
-    #: Seconds the connect and WebSocket handshake may take.
-    handshake_timeout: float = 30.0
     #: Seconds to wait for the broker's answer to our close frame.
     close_timeout: float = 5.0
     #: Seconds between looks at a backed-up socket buffer.
@@ -163,11 +159,11 @@ class WebSocketUplink(_Sender):
     async def _connect_and_publish(self) -> tuple[str, int]:
         try:
             # A server that accepts TCP but never answers must not hold us forever.
-            async with asyncio.timeout(self.handshake_timeout):
+            async with asyncio.timeout(self._broker.connect_timeout):
                 ws = await self._session.ws_connect(
                     self._url,
                     headers=self._headers,
-                    heartbeat=self.heartbeat,
+                    heartbeat=self._broker.heartbeat,
                     compress=0,  # JPEG does not deflate; compressing only costs CPU
                     timeout=aiohttp.ClientWSTimeout(ws_close=self.close_timeout),
                 )
@@ -264,9 +260,6 @@ class HttpUplink(_Sender):
     The broker cannot report viewers over HTTP, so this transport is always on.
     """
 
-    #: Seconds one POST may take before it counts as failed.
-    request_timeout: float = 30.0
-
     def __init__(
         self,
         camera: CameraConfig,
@@ -278,7 +271,7 @@ class HttpUplink(_Sender):
         super().__init__(camera, broker, session, slot, stats)
         self._url = broker.publish_url(camera.id, websocket=False)
         self._headers["Content-Type"] = "image/jpeg"
-        self._timeout = aiohttp.ClientTimeout(total=self.request_timeout)
+        self._timeout = aiohttp.ClientTimeout(total=broker.connect_timeout)
         self._delivering = False
 
     async def run(self) -> None:

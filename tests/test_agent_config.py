@@ -30,6 +30,17 @@ def test_flag_beats_environment_beats_default():
     assert camera.stall_timeout == CameraConfig.stall_timeout
 
 
+def test_link_timeouts_are_settings():
+    """The ping interval and the connect timeout are bounds like any other: flag and variable."""
+    env = {"CAMERA_AGENT_HEARTBEAT": "7.5"}
+    config = load_config({**BASE, "connect_timeout": "4"}, env)
+    assert config.broker.heartbeat == 7.5
+    assert config.broker.connect_timeout == 4.0
+    assert load_config(BASE, {}).broker.heartbeat == BrokerConfig.heartbeat
+    with pytest.raises(ConfigError, match="heartbeat"):
+        load_config({**BASE, "heartbeat": "0"}, {})
+
+
 def test_everything_can_come_from_the_environment():
     env = {
         "CAMERA_AGENT_BROKER": "wss://cams.example.org/broker/",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Protocol
@@ -28,9 +29,12 @@ class Publisher(Protocol):
 class Channel:
     """One camera's newest frame and the viewers waiting for the next one.
 
-    `publish()` is synchronous: it stores the frame and offers it to every viewer's
-    writer, which either writes it at once or keeps it as that viewer's newest
-    pending frame. No viewer can delay the publisher or another viewer.
+    `publish()` is synchronous: it stores the frame and schedules one fan-out, which
+    offers the newest frame to every viewer's writer; a writer either writes it at
+    once or keeps it as that viewer's newest pending frame. No viewer can delay the
+    publisher or another viewer. When frames arrive faster than the fan-out runs
+    (an overloaded core), the ones no fan-out reached are dropped: newest wins at
+    ingest too, so latency stays bounded instead of queueing up behind the publisher.
     """
 
     def __init__(self, camera: str, *, offline_after: float) -> None:
@@ -40,11 +44,13 @@ class Channel:
         self.seen = False  # a publisher has connected or posted: the camera "exists"
         self.agent: dict[str, object] = {}
         self.frames = 0
+        self.frames_dropped = 0  # replaced by a newer frame before any viewer got them
         self.bytes = 0
         self.fps = 0.0
         self.bytes_per_second = 0.0
         self._offline_after = offline_after
         self._viewers: set[FrameWriter] = set()
+        self._fan_out_handle: asyncio.Handle | None = None
         self._demand_since = time.monotonic()
         self._online = False
         self._status_since = time.time()
@@ -57,17 +63,21 @@ class Channel:
     # -- frames ----------------------------------------------------------------------
 
     def publish(self, jpeg: bytes) -> Frame:
-        """Make `jpeg` the newest frame and offer it to every viewer. Never awaits."""
-        now_mono = time.monotonic()
-        frame = Frame(self.camera, self.frames + 1, jpeg, time.time(), now_mono)
+        """Make `jpeg` the newest frame and schedule its fan-out to the viewers. Never awaits."""
+        frame = Frame(self.camera, self.frames + 1, jpeg, time.time(), time.monotonic())
         self.latest = frame
         self.frames += 1
         self.bytes += len(jpeg)
         self.seen = True
         if not self._online:
             self._set_online(True)
-        for viewer in self._viewers:
-            viewer.offer(frame)
+        if self._viewers:
+            if self._fan_out_handle is None:
+                # Deferred to the loop's next pass: frames already buffered from the
+                # publisher are read first, and only the newest of them goes out.
+                self._fan_out_handle = asyncio.get_running_loop().call_soon(self._fan_out)
+            else:
+                self.frames_dropped += 1
         return frame
 
     # -- publisher -------------------------------------------------------------------
@@ -109,8 +119,8 @@ class Channel:
         if writer.kind == "ws":
             writer.offer_text(self._status_message)
         frame = self._frame_for(writer)
-        if frame is not None:
-            writer.offer(frame)
+        if frame is not None and not (frame is self.latest and self._fan_out_handle is not None):
+            writer.offer(frame)  # unless the pending fan-out brings it anyway
 
     def remove_viewer(self, writer: FrameWriter) -> None:
         """Stop feeding `writer`."""
@@ -180,6 +190,14 @@ class Channel:
         return not self.seen and not self._viewers
 
     # -- internals -------------------------------------------------------------------
+
+    def _fan_out(self) -> None:
+        self._fan_out_handle = None
+        frame = self.latest
+        if frame is None:
+            return
+        for viewer in self._viewers:
+            viewer.offer(frame)
 
     def _frame_for(self, writer: FrameWriter) -> Frame | None:
         if writer.kind == "mjpeg" and not self._online and self._no_signal is not None:

@@ -71,6 +71,28 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     return settings_from_env(**overrides)
 
 
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one.
+
+    Each viewer holds two descriptors (the connection and the broker's own sending
+    descriptor, see writer.py), so the common soft limit of 1024 would cap a broker
+    at a few hundred viewers.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows has no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+            return
+        soft = hard
+    log.debug("open-file limit: %s", soft)
+
+
 async def serve(settings: Settings) -> None:
     """Run the broker until SIGINT or SIGTERM, then shut down gracefully."""
     server = BrokerServer(settings)
@@ -100,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"framebroker: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    raise_open_file_limit()
     try:
         import uvloop
     except ImportError:  # Windows: uvloop does not exist there

@@ -21,6 +21,23 @@ log = logging.getLogger(__name__)
 VIEWER_MAX_MESSAGE = 4096  # viewers have nothing to say; keep what they can make us buffer small
 
 
+class ViewerWebSocket(web.WebSocketResponse):
+    """A viewer's WebSocket: once it starts closing, its FrameWriter writes nothing more.
+
+    Every close, whether ours, the peer's (answered automatically) or after a protocol
+    error, goes through close(); stopping the writer there keeps frames from following
+    the close frame without a check on every write.
+    """
+
+    writer: FrameWriter | None = None
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        """Stop the frame writer, then close as aiohttp does."""
+        if self.writer is not None:
+            self.writer.close()
+        return await super().close(code=code, message=message, drain=drain)
+
+
 class ViewerSession:
     """One browser (or other client) watching one camera over WebSocket."""
 
@@ -58,7 +75,7 @@ async def view_ws(request: web.Request) -> web.WebSocketResponse:
         raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
     require_websocket_13(request)
     with_header = request.query.get("header", "0").lower() in ("1", "true", "yes")
-    ws = web.WebSocketResponse(
+    ws = ViewerWebSocket(
         heartbeat=settings.heartbeat,
         compress=False,  # JPEG does not deflate; frames are prebuilt uncompressed
         max_msg_size=VIEWER_MAX_MESSAGE,
@@ -74,8 +91,8 @@ async def view_ws(request: web.Request) -> web.WebSocketResponse:
         peer=peer(request),
         send_timeout=settings.viewer_send_timeout,
         sndbuf=settings.viewer_sndbuf,
-        is_open=lambda: not ws.closed,
     )
+    ws.writer = writer
     session = ViewerSession(ws, writer)
     log.debug("camera %s: viewer %s connected (ws)", camera, writer.peer)
     with hub.track(session):

@@ -16,6 +16,8 @@ __all__ = ["FrameWriter"]
 
 log = logging.getLogger(__name__)
 
+_monotonic = time.monotonic
+
 
 class FrameWriter:
     """Writes prebuilt frame bytes to one viewer's transport; newest frame wins while it is busy.
@@ -29,6 +31,26 @@ class FrameWriter:
     is aborted. Text messages (state changes) have a slot of their own and go first.
     """
 
+    # offer() runs once per viewer per frame: slots keep the state it touches compact.
+    __slots__ = (
+        "_closed",
+        "_encode",
+        "_flusher",
+        "_last_write",
+        "_min_interval",
+        "_open",
+        "_pending",
+        "_pending_text",
+        "_send_timeout",
+        "_sock",
+        "_stream",
+        "_transport",
+        "frames_skipped",
+        "frames_written",
+        "kind",
+        "peer",
+    )
+
     def __init__(
         self,
         transport: asyncio.Transport,
@@ -40,7 +62,6 @@ class FrameWriter:
         send_timeout: float,
         sndbuf: int,
         min_interval: float = 0.0,
-        is_open: Callable[[], bool] | None = None,
     ) -> None:
         self.kind = kind
         self.peer = peer
@@ -49,9 +70,7 @@ class FrameWriter:
         self._encode = encode
         self._send_timeout = send_timeout
         self._min_interval = min_interval
-        # The protocol layer above may close the stream (a WebSocket close frame) before
-        # the transport closes; nothing may be written after that.
-        self._is_open = is_open
+        self._open = True
         self._pending: Frame | None = None
         self._pending_text: bytes | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -62,12 +81,7 @@ class FrameWriter:
         # Pause the protocol as soon as anything is left unsent, and resume only when
         # all of it has gone to the kernel: the drain wait then means "ready for the next frame".
         transport.set_write_buffer_limits(high=0, low=0)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-            except OSError as exc:
-                log.warning("could not set SO_SNDBUF=%d for viewer %s: %s", sndbuf, peer, exc)
+        self._sock = _own_socket(transport, sndbuf, peer)
 
     @property
     def last_write_mono(self) -> float:
@@ -77,7 +91,7 @@ class FrameWriter:
     @property
     def closed(self) -> bool:
         """True once the writer stopped (closed, aborted, or its connection went away)."""
-        return self._closed.done()
+        return not self._open
 
     async def wait_closed(self) -> None:
         """Wait until the writer stops."""
@@ -85,25 +99,48 @@ class FrameWriter:
 
     def offer(self, frame: Frame) -> None:
         """Send `frame` now if the socket has room, else keep it as the newest pending frame."""
-        if self._closed.done():
+        transport = self._transport
+        if (
+            self._flusher is None
+            and self._open
+            and not transport.get_write_buffer_size()
+            and not transport.is_closing()
+            and (not self._min_interval or self._rate_allows())
+        ):
+            # The hot path: one call per viewer per frame, so no further calls here.
+            data = self._encode(frame)
+            sock = self._sock
+            if sock is None:
+                transport.write(data)
+            else:
+                # send() on our own descriptor of the socket costs less than the
+                # transport's write() path; whatever the kernel does not take goes to
+                # the (empty) transport buffer, so the byte order is kept.
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    # The peer is gone; the transport sees it too and the handler ends.
+                    self.close()
+                    return
+                if sent < len(data):
+                    transport.write(memoryview(data)[sent:])
+            self._last_write = _monotonic()
+            self.frames_written += 1
             return
-        if self._flusher is not None:
-            if self._pending is not None:
-                self.frames_skipped += 1
-            self._pending = frame
+        if not self._open:
             return
-        if self._ready():
-            self._write(self._encode(frame))
-            self._mark_written()
-        else:
-            self._pending = frame
-            self._start_flush()
+        if self._pending is not None:
+            self.frames_skipped += 1
+        self._pending = frame
+        self._start_flush()
 
     def offer_text(self, message: bytes) -> None:
         """Send a prebuilt text message; while busy only the newest one is kept."""
-        if self._closed.done():
+        if not self._open:
             return
-        if self._flusher is None and self._ready(ignore_rate=True):
+        if self._flusher is None and not self._transport.get_write_buffer_size():
             self._write(message)
         else:
             self._pending_text = message
@@ -111,6 +148,10 @@ class FrameWriter:
 
     def close(self) -> None:
         """Stop writing; bytes already handed to the transport still go out."""
+        self._open = False
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
@@ -127,20 +168,11 @@ class FrameWriter:
 
     # -- internals -----------------------------------------------------------------
 
-    def _ready(self, ignore_rate: bool = False) -> bool:
-        if self._transport.get_write_buffer_size() > 0:
-            return False
-        return ignore_rate or time.monotonic() - self._last_write >= self._min_interval
-
     def _write(self, data: bytes) -> None:
-        if self._transport.is_closing() or (self._is_open is not None and not self._is_open()):
+        if self._transport.is_closing():
             self.close()
             return
         self._transport.write(data)
-
-    def _mark_written(self) -> None:
-        self._last_write = time.monotonic()
-        self.frames_written += 1
 
     def _start_flush(self) -> None:
         if self._flusher is None:
@@ -148,7 +180,7 @@ class FrameWriter:
 
     async def _flush(self) -> None:
         try:
-            while (self._pending is not None or self._pending_text is not None) and not self.closed:
+            while (self._pending is not None or self._pending_text is not None) and self._open:
                 await self._wait_ready()
                 if self._transport.is_closing():
                     break
@@ -159,7 +191,8 @@ class FrameWriter:
                 if frame is not None and self._rate_allows():
                     self._pending = None
                     self._write(self._encode(frame))
-                    self._mark_written()
+                    self._last_write = _monotonic()
+                    self.frames_written += 1
         except TimeoutError:
             self._flusher = None
             self.abort(f"its socket accepted nothing for {self._send_timeout:g} s")
@@ -181,9 +214,32 @@ class FrameWriter:
                     # Not paused yet still buffered: only between a write and the
                     # transport's pause check; don't spin.
                     await asyncio.sleep(0.005)
-        delay = self._min_interval - (time.monotonic() - self._last_write)
+        delay = self._min_interval - (_monotonic() - self._last_write)
         if delay > 0 and self._pending is not None:
             await asyncio.sleep(delay)
 
     def _rate_allows(self) -> bool:
-        return time.monotonic() - self._last_write >= self._min_interval - 1e-3
+        return _monotonic() - self._last_write >= self._min_interval - 1e-3
+
+
+def _own_socket(transport: asyncio.Transport, sndbuf: int, peer: str) -> socket.socket | None:
+    """Size the viewer's send buffer; return our own non-blocking descriptor of its socket.
+
+    Frames are sent through that descriptor (see FrameWriter.offer). It is None when
+    the transport exposes no socket or no descriptor is left; frames then go through
+    the transport.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    except OSError as exc:
+        log.warning("could not set SO_SNDBUF=%d for viewer %s: %s", sndbuf, peer, exc)
+    try:
+        own = sock.dup()
+    except OSError as exc:
+        log.warning("viewer %s: sending through the transport (no socket of our own: %s)", peer, exc)
+        return None
+    own.setblocking(False)
+    return own

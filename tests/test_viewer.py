@@ -51,6 +51,32 @@ async def test_header_option_prefixes_sequence_and_receive_time(broker, http):
         assert data[16:] == frame
 
 
+async def test_a_burst_faster_than_the_fan_out_sends_only_its_newest_frame(broker, http):
+    """Frames that arrive within one pass of the event loop (an overloaded core) are
+    replaced by the newest before any viewer gets them: latency stays bounded."""
+    pub = await publisher(http, broker, "burst")
+    first = make_jpeg((9, 9, 9))
+    await pub.send_bytes(first)
+    viewer = await http.ws_connect(broker.ws_url("/cameras/burst/ws?header=1"))
+    await next_json(viewer)
+    assert (await next_binary(viewer))[16:] == first
+    channel = broker.app[HUB].channel("burst")
+    burst = [make_jpeg((0, i * 60, 0)) for i in range(1, 4)]
+    for frame in burst:  # no await in between: the loop never runs a fan-out
+        channel.publish(frame)
+    data = await next_binary(viewer)
+    assert struct.unpack("!Q", data[:8])[0] == 4
+    assert data[16:] == burst[-1]
+    assert channel.frames_dropped == 2
+    cameras = await (await http.get(broker.url("/api/cameras"))).json()
+    assert cameras["cameras"][0]["frames_dropped"] == 2
+    # The next frame on its own goes out as usual.
+    await pub.send_bytes(first)
+    assert (await next_binary(viewer))[16:] == first
+    with pytest.raises(asyncio.TimeoutError):
+        await viewer.receive(timeout=0.2)
+
+
 async def test_viewer_may_connect_before_the_camera_exists(broker, http):
     viewer = await http.ws_connect(broker.ws_url("/cameras/later/ws"))
     assert (await next_json(viewer))["online"] is False

@@ -70,7 +70,11 @@ class Settings:
     # Timeouts (seconds)
     heartbeat: float = field(
         default=10.0,
-        metadata=_help("WebSocket ping interval; a peer missing a pong is dropped", "timeouts"),
+        metadata=_help(
+            "WebSocket ping interval (up to a fifth longer or shorter per viewer, so pings spread out); "
+            "a peer missing a pong is dropped",
+            "timeouts",
+        ),
     )
     offline_after: float = field(
         default=5.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
@@ -19,6 +20,16 @@ __all__ = ["ViewerSession", "view_ws"]
 log = logging.getLogger(__name__)
 
 VIEWER_MAX_MESSAGE = 4096  # viewers have nothing to say; keep what they can make us buffer small
+HEARTBEAT_JITTER = 0.2
+
+
+def spread_heartbeat(interval: float) -> float:
+    """`interval` give or take HEARTBEAT_JITTER, different for each viewer.
+
+    Viewers that connected together would otherwise be pinged together: a thousand
+    pings in one loop pass hold a frame back for tens of milliseconds.
+    """
+    return interval * random.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)
 
 
 class ViewerWebSocket(web.WebSocketResponse):
@@ -76,7 +87,7 @@ async def view_ws(request: web.Request) -> web.WebSocketResponse:
     require_websocket_13(request)
     with_header = request.query.get("header", "0").lower() in ("1", "true", "yes")
     ws = ViewerWebSocket(
-        heartbeat=settings.heartbeat,
+        heartbeat=spread_heartbeat(settings.heartbeat),
         compress=False,  # JPEG does not deflate; frames are prebuilt uncompressed
         max_msg_size=VIEWER_MAX_MESSAGE,
         timeout=settings.shutdown_timeout,

@@ -268,8 +268,9 @@ def read_slowly(sock: socket.socket, seconds: float) -> list[int]:
     return seqs
 
 
-async def test_slow_reader_skips_to_the_newest_frame(broker, http):
+async def test_slow_reader_skips_to_the_newest_frame(start_broker, http):
     """A viewer reading 3 frames/s of a 30 fps camera gets ever newer frames, then the very last one."""
+    broker = await start_broker(heartbeat=30.0)  # this raw-socket reader answers no pings
     pub = await publisher(http, broker, "cam")
     sock = await asyncio.to_thread(stalled_viewer, broker.port, "/cameras/cam/ws?header=1")
     frames = [make_jpeg(size=(640, 480), noise=i + 1) for i in range(4)]

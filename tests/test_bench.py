@@ -1,0 +1,126 @@
+"""The load benchmark: its stream parsers on awkwardly split bytes, and one short real run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.parser import MjpegParser, WebSocketParser
+from bench.stamp import SEQ_AT, stamped
+from bench.wsproto import OP_PING, OP_TEXT, frame_header
+from broker import wire
+from broker.frame import VIEWER_HEADER
+
+from .conftest import make_jpeg
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNKS = (1, 2, 3, 7, 29, 64, 511, 4096, 1 << 20)
+
+
+def stamp(jpeg: bytes, seq: int, send_ns: int) -> bytes:
+    """A stamped copy of `jpeg`, as the publisher sends it."""
+    template = bytearray(stamped(jpeg))
+    template[SEQ_AT : SEQ_AT + 16] = seq.to_bytes(8, "big") + send_ns.to_bytes(8, "big")
+    return bytes(template)
+
+
+def drive(parser: WebSocketParser | MjpegParser, data: bytes, chunk: int, use_skip: bool) -> None:
+    """Deliver `data` as a socket would, `chunk` bytes at most per read; discard skips if `use_skip`."""
+    pos = 0
+    while pos < len(data):
+        if use_skip and parser.skip:
+            count = min(parser.skip, chunk, len(data) - pos)
+            parser.skipped(count)
+        else:
+            count = min(chunk, len(data) - pos)
+            parser.feed(data[pos : pos + count])
+        pos += count
+
+
+@pytest.fixture(scope="module")
+def jpegs() -> list[bytes]:
+    return [make_jpeg(size=(64, 48), noise=seed) for seed in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("use_skip", [True, False])
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_websocket_parser_finds_every_frame(jpegs: list[bytes], chunk: int, use_skip: bool) -> None:
+    frames: list[tuple[int, int]] = []
+    controls: list[tuple[int, bytes]] = []
+    stream = frame_header(OP_TEXT, 17) + b'{"type": "status"}'[:17]
+    expected = []
+    for seq, jpeg in enumerate(jpegs * 2, start=1):
+        send_ns = 10**12 + seq
+        body = stamp(jpeg, seq, send_ns)
+        if seq % 2:
+            body = VIEWER_HEADER.pack(seq, 1.5e12) + body  # ?header=1
+        stream += wire.websocket_frame(body)
+        stream += frame_header(OP_PING, 4) + b"ping" if seq == 3 else b""
+        expected.append((seq, send_ns))
+    stream += wire.websocket_frame(b"\xff\xd8 no stamp \xff\xd9")
+    parser = WebSocketParser(lambda seq, ns: frames.append((seq, ns)), lambda op, p: controls.append((op, p)))
+
+    drive(parser, stream, chunk, use_skip)
+
+    assert frames == expected
+    assert controls == [(OP_PING, b"ping")]
+    assert (parser.unstamped, parser.malformed, parser.skip) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+@pytest.mark.parametrize("use_skip", [True, False])
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_mjpeg_parser_finds_frames(jpegs: list[bytes], chunk: int, use_skip: bool, chunked: bool) -> None:
+    boundary = b"frameboundary"
+    frames: list[tuple[int, int]] = []
+    stream = b"--" + boundary + b"\r\n"
+    expected = []
+    for seq, jpeg in enumerate(jpegs * 2, start=1):
+        part = wire.mjpeg_part(stamp(jpeg, seq, 7 * seq), boundary)
+        stream += wire.http_chunk(part) if chunked else part
+        expected.append((seq, 7 * seq))
+        if seq == 2:  # an unstamped picture (the broker's "no signal") is scanned through
+            part = wire.mjpeg_part(jpegs[0], boundary)
+            stream += wire.http_chunk(part) if chunked else part
+    parser = MjpegParser(lambda seq, ns: frames.append((seq, ns)))
+
+    drive(parser, stream, chunk, use_skip)
+
+    assert frames == expected
+    assert parser.skip == 0
+
+
+def test_bench_runs_against_broker_and_ideal_relay(tmp_path: Path) -> None:
+    results = tmp_path / "rows.json"
+    command = [sys.executable, "-m", "bench", "--ws", "5", "--mjpeg", "3", "--snapshots", "2",
+               "--duration", "1.5", "--warmup", "0.5", "--drain", "0.5", "--size", "320x240",
+               "--baseline", "--quiet", "--json", str(results)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("machine: ")
+    header, _, *body = ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:])
+    table = {cells[header.index("server")]: cells for cells in body}
+    assert set(table) == {"broker", "ideal"}, done.stdout
+    for cells in table.values():
+        assert float(cells[header.index("delivered %")]) >= 90, done.stdout
+
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [row["server"] for row in rows] == ["broker", "ideal"]
+    for row in rows:
+        assert row["viewers_connected"] == 8
+        assert row["snapshots_connected"] == 2
+        assert row["connect_failures"] == row["lost"] == row["malformed"] == 0
+        assert row["dups"] == 0
+        assert row["published"] >= 30
+        assert row["delivered_pct"] >= 90
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"] < 1000
+        assert row["requests"] > 0 and row["request_errors"] == 0
+        assert row["server_us_per_item"] > 0 and row["server_rss_mb_peak"] > 0
+        assert 8_000 < row["frame_bytes"] < 40_000
+    assert rows[0]["ratio_vs_ideal"] > 0

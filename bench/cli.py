@@ -29,7 +29,7 @@ SCENARIOS = ("s1", "ws", "mjpeg", "snapshot", "idle", "all")
 HD = (1280, 720)
 VGA = (640, 480)
 CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-FD_MARGIN = 256  # descriptors beyond one per client: pipes, epoll, the server's own files
+FD_MARGIN = 256  # descriptors beyond those per client: pipes, epoll, the servers' own files
 
 EPILOG = """\
 scenarios (each may give several rows; --viewers replaces the client counts):
@@ -406,8 +406,9 @@ def _check_limits(clients: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    # The servers the bench starts inherit the limit and hold one socket per client too.
-    needed = clients + FD_MARGIN
+    # The servers the bench starts inherit the limit; the broker holds two descriptors
+    # per viewer (the connection and its own sending one).
+    needed = 2 * clients + FD_MARGIN
     if hard != resource.RLIM_INFINITY and needed > hard:
         raise ValueError(
             f"{clients} clients need about {needed} open files but the limit is {hard}: "

@@ -120,7 +120,7 @@ class Channel:
             writer.offer_text(self._status_message)
         frame = self._frame_for(writer)
         if frame is not None and not (frame is self.latest and self._fan_out_handle is not None):
-            writer.offer(frame)  # unless the pending fan-out brings it anyway
+            writer.offer(frame, time.monotonic())  # unless the pending fan-out brings it anyway
 
     def remove_viewer(self, writer: FrameWriter) -> None:
         """Stop feeding `writer`."""
@@ -169,9 +169,10 @@ class Channel:
     def show_no_signal(self, frame: Frame) -> None:
         """Show `frame` to MJPEG viewers while offline (WebSocket viewers get the state instead)."""
         self._no_signal = frame
+        now = time.monotonic()
         for viewer in self._viewers:
             if viewer.kind == "mjpeg":
-                viewer.offer(frame)
+                viewer.offer(frame, now)
 
     def keep_alive(self, now: float, interval: float) -> None:
         """Repeat the current picture to MJPEG viewers that got nothing for `interval` seconds.
@@ -182,7 +183,7 @@ class Channel:
             if viewer.kind == "mjpeg" and now - viewer.last_write_mono >= interval:
                 frame = self._frame_for(viewer)
                 if frame is not None:
-                    viewer.offer(frame)
+                    viewer.offer(frame, now)
 
     @property
     def idle(self) -> bool:
@@ -194,10 +195,10 @@ class Channel:
     def _fan_out(self) -> None:
         self._fan_out_handle = None
         frame = self.latest
-        if frame is None:
-            return
+        assert frame is not None  # publish() sets it before scheduling this
+        now = time.monotonic()
         for viewer in self._viewers:
-            viewer.offer(frame)
+            viewer.offer(frame, now)
 
     def _frame_for(self, writer: FrameWriter) -> Frame | None:
         if writer.kind == "mjpeg" and not self._online and self._no_signal is not None:

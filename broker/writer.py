@@ -97,15 +97,18 @@ class FrameWriter:
         """Wait until the writer stops."""
         await asyncio.shield(self._closed)
 
-    def offer(self, frame: Frame) -> None:
-        """Send `frame` now if the socket has room, else keep it as the newest pending frame."""
+    def offer(self, frame: Frame, now: float) -> None:
+        """Send `frame` now if the socket has room, else keep it as the newest pending frame.
+
+        `now` is the monotonic time, read once by the caller for all its viewers.
+        """
         transport = self._transport
         if (
             self._flusher is None
             and self._open
             and not transport.get_write_buffer_size()
             and not transport.is_closing()
-            and (not self._min_interval or self._rate_allows())
+            and (not self._min_interval or self._rate_allows(now))
         ):
             # The hot path: one call per viewer per frame, so no further calls here.
             data = self._encode(frame)
@@ -126,7 +129,7 @@ class FrameWriter:
                     return
                 if sent < len(data):
                     transport.write(memoryview(data)[sent:])
-            self._last_write = _monotonic()
+            self._last_write = now
             self.frames_written += 1
             return
         if not self._open:
@@ -188,10 +191,11 @@ class FrameWriter:
                 if text is not None:
                     self._write(text)
                 frame = self._pending
-                if frame is not None and self._rate_allows():
+                now = _monotonic()
+                if frame is not None and self._rate_allows(now):
                     self._pending = None
                     self._write(self._encode(frame))
-                    self._last_write = _monotonic()
+                    self._last_write = now
                     self.frames_written += 1
         except TimeoutError:
             self._flusher = None
@@ -218,8 +222,8 @@ class FrameWriter:
         if delay > 0 and self._pending is not None:
             await asyncio.sleep(delay)
 
-    def _rate_allows(self) -> bool:
-        return _monotonic() - self._last_write >= self._min_interval - 1e-3
+    def _rate_allows(self, now: float) -> bool:
+        return now - self._last_write >= self._min_interval - 1e-3
 
 
 def _own_socket(transport: asyncio.Transport, sndbuf: int, peer: str) -> socket.socket | None:

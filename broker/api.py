@@ -7,20 +7,28 @@ import time
 from aiohttp import web
 
 from . import __version__
-from .app_keys import HUB
+from .app_keys import AUTH, HUB
+from .clients import client_of
 
 __all__ = ["cameras", "healthz"]
 
 
 async def cameras(request: web.Request) -> web.Response:
-    """`GET /api/cameras`: every camera with its state, rates, size and viewers."""
+    """`GET /api/cameras`: the cameras this client may watch, with state, rates, size and viewers."""
+    auth = request.app[AUTH]
+    principal = await auth.viewer(request)
+    auth.may_list(request, principal)
+    local = client_of(request).local
     now = time.monotonic()
     listing = []
     for channel in request.app[HUB].cameras():
+        if not auth.policy.may_view(principal, channel.camera, open_locally=local):
+            continue
         latest = channel.latest
         listing.append(
             {
                 "id": channel.camera,
+                "title": auth.policy.title(channel.camera),
                 "online": channel.online,
                 "publisher": channel.publisher is not None,
                 "fps": round(channel.fps, 2),
@@ -38,8 +46,5 @@ async def cameras(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """`GET /healthz`: 200 while the broker serves."""
-    return web.json_response(
-        {"status": "ok", "version": __version__, "cameras": len(request.app[HUB].cameras())},
-        headers={"Cache-Control": "no-store"},
-    )
+    """`GET /healthz`: 200 while the broker serves; open to all, so it names no camera."""
+    return web.json_response({"status": "ok", "version": __version__}, headers={"Cache-Control": "no-store"})

@@ -9,31 +9,71 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .app_keys import BOUNDARY, HUB, INSTANCE, SETTINGS
-from .config import Settings, settings_from_env
+from .access import AccessPolicy
+from .app_keys import AUTH, BOUNDARY, HUB, INSTANCE, SETTINGS
+from .auth import Authenticator
+from .config import ConfigError, Settings, settings_from_env
+from .configfile import read_access
 from .demo import demo_camera
+from .guard import guard_middleware
 from .hub import Hub
 from .routes import setup_routes
+from .sessions import Sessions
+from .share import ShareLinks
+from .state import load_publish_token, load_signing_key
+from .throttle import FailureThrottle
 
-__all__ = ["create_app"]
+__all__ = ["build_policy", "create_app"]
 
 log = logging.getLogger(__name__)
 
 
+def build_policy(settings: Settings) -> AccessPolicy:
+    """The access rules: users and cameras from the config file, the publish token, `--public`."""
+    users, cameras = read_access(settings.config) if settings.config is not None else ([], [])
+    token, generated_into = load_publish_token(settings)
+    if generated_into is not None:
+        # The token itself is never logged: the operator reads it from the file.
+        log.warning("no publish token configured; agents must use the one in %s", generated_into)
+    return AccessPolicy(users=users, cameras=cameras, publish_token=token, public=settings.public)
+
+
+def check_exposure(settings: Settings, policy: AccessPolicy) -> None:
+    """Refuse to serve every camera to a network when nobody decided who may watch."""
+    if settings.on_loopback or policy.viewer_access_configured:
+        return
+    raise ConfigError(
+        f"host={settings.host!r} is reachable from other machines, but no viewer access is configured, so "
+        "anyone could watch every camera. Add viewer accounts: run 'framebroker hash-password', put "
+        '[[user]] name = "alice" password_hash = "..." in a file given with --config; '
+        "or pass --public (FRAMEBROKER_PUBLIC=1) to let anyone watch on purpose"
+    )
+
+
 def create_app(settings: Settings | None = None) -> web.Application:
-    """Build the broker for `settings` (FRAMEBROKER_* variables if None); generates a token if none is set.
+    """Build the broker for `settings` (FRAMEBROKER_* variables and their config file if None).
 
     Works with `web.run_app`, aiohttp's test utilities and gunicorn's aiohttp worker
-    (`gunicorn 'broker.app:create_app()' -k aiohttp.GunicornUVLoopWebWorker`).
+    (`gunicorn 'broker.app:create_app()' -k aiohttp.GunicornUVLoopWebWorker`). Raises
+    ConfigError for a configuration the broker cannot run with.
     """
-    settings, generated = (settings or settings_from_env()).with_token()
-    if generated:
-        # Logged once, at start, so the operator can configure agents; never again.
-        log.warning("no publish token configured; generated one for this run: %s", settings.publish_token)
-    else:
-        log.info("publish token in force: %s… (configured)", settings.publish_token[:3])
-    app = web.Application(client_max_size=settings.max_frame_bytes)
+    settings = settings or settings_from_env()
+    policy = build_policy(settings)
+    check_exposure(settings, policy)
+    if settings.public:
+        log.warning("--public: anyone who can reach this broker may watch cameras without signing in")
+    key = load_signing_key(settings)
+    app = web.Application(
+        client_max_size=settings.max_frame_bytes,
+        middlewares=[guard_middleware(settings)],
+    )
     app[SETTINGS] = settings
+    app[AUTH] = Authenticator(
+        policy,
+        Sessions(key, settings.session_lifetime, settings.state_dir),
+        ShareLinks(key),
+        FailureThrottle(settings.auth_failures_per_minute),
+    )
     app[HUB] = Hub(settings)
     app[BOUNDARY] = b"frame-" + secrets.token_hex(8).encode()
     app[INSTANCE] = secrets.token_hex(4)

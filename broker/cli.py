@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import getpass
 import logging
 import signal
+import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
 from .config import ConfigError, Settings, env_name, parse_value, settings_from_env
 from .logs import configure_logging
+from .params import CAMERA_ID
+from .passwords import hash_password
 from .server import BrokerServer
+from .share import ShareLinks
+from .state import load_signing_key
 
 __all__ = ["build_parser", "main", "serve"]
 
@@ -22,7 +29,7 @@ log = logging.getLogger("broker")
 
 GROUP_TITLES = {
     "network": "network",
-    "auth": "authentication",
+    "access": "access (see README, Security)",
     "limits": "limits",
     "timeouts": "timeouts (seconds)",
     "other": "page, logging and demo",
@@ -35,14 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="framebroker",
         description="Live-camera frame broker: JPEG frames in over WebSocket or HTTP, out to "
         "WebSocket viewers, snapshots and MJPEG. Every flag can also be set with the "
-        "environment variable shown; a flag wins over the variable.",
+        "environment variable shown, or as a top-level key of the --config file; a flag wins "
+        "over the variable, which wins over the file.",
+        epilog="other commands: 'framebroker hash-password' prints a password hash for a [[user]] entry; "
+        "'framebroker share CAMERA --ttl 24h' prints share links (each has its own --help)",
     )
     parser.add_argument("--version", action="version", version=f"framebroker {__version__}")
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
-    defaults = Settings(publish_token="unused")
+    defaults = Settings()
     for f in dataclasses.fields(Settings):
+        if not f.metadata.get("flag", True):
+            continue
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name) if f.name != "publish_token" else "(generated)"
+        default = getattr(defaults, f.name) if f.name != "publish_token" else "(generated into the state dir)"
         help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default {default}]"
         group = groups[f.metadata["group"]]
         if f.type == "bool":
@@ -63,7 +75,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
     overrides: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
-        value = getattr(args, f.name)
+        value = getattr(args, f.name, None)
         if value is None:
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -114,8 +126,83 @@ async def serve(settings: Settings) -> None:
     log.info("stopped")
 
 
+def hash_password_command(argv: Sequence[str]) -> int:
+    """`framebroker hash-password`: a hash for a `[[user]]` entry, of a password typed or piped in."""
+    argparse.ArgumentParser(
+        prog="framebroker hash-password",
+        description="Print a password hash (scrypt) for a [[user]] entry's password_hash. The password "
+        "is typed without echo, or read as one line from standard input when that is not a terminal.",
+    ).parse_args(argv)
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("framebroker: error: the passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("framebroker: error: empty password", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+def share_command(argv: Sequence[str]) -> int:
+    """`framebroker share CAMERA --ttl 24h`: page, MJPEG and snapshot links that need no account."""
+    parser = argparse.ArgumentParser(
+        prog="framebroker share",
+        description="Print links that let anyone holding them watch one camera, read-only, until they "
+        "expire. They are signed with the broker's key (secret_file in the config, FRAMEBROKER_SECRET, "
+        "or the key generated in the state directory); changing the key revokes every link.",
+    )
+    parser.add_argument("camera", help="camera id")
+    parser.add_argument(
+        "--ttl", default="24h", help="how long the links work: seconds, or 30m, 24h, 7d (default 24h)"
+    )
+    parser.add_argument(
+        "--base-url", help="the broker's address as viewers reach it (default: from --host/--port)"
+    )
+    parser.add_argument("--config", help="the broker's config file [env FRAMEBROKER_CONFIG]")
+    parser.add_argument("--state-dir", help="the broker's state directory [env FRAMEBROKER_STATE_DIR]")
+    args = parser.parse_args(argv)
+    try:
+        overrides = {
+            name: parse_value(f"--{name.replace('_', '-')}", "Path", value)
+            for name, value in (("config", args.config), ("state_dir", args.state_dir))
+            if value is not None
+        }
+        settings = settings_from_env(**overrides)
+        if CAMERA_ID.fullmatch(args.camera) is None:
+            raise ConfigError(f"camera={args.camera!r} is invalid: use 1-64 characters from A-Z a-z 0-9 _ -")
+        ttl = parse_value("--ttl", "float", args.ttl)
+        if ttl <= 0:
+            raise ConfigError(f"--ttl={args.ttl!r} is invalid: expected a positive duration")
+        links = ShareLinks(load_signing_key(settings))
+    except ConfigError as exc:
+        print(f"framebroker: error: {exc}", file=sys.stderr)
+        return 2
+    base_url = args.base_url or _default_base_url(settings)
+    for kind, url in links.urls(base_url, args.camera, time.time() + ttl).items():
+        print(f"{kind}: {url}")
+    return 0
+
+
+def _default_base_url(settings: Settings) -> str:
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{settings.port}/"
+
+
+COMMANDS = {"hash-password": hash_password_command, "share": share_command}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point."""
+    """Console entry point: the broker, or one of COMMANDS."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     try:
         settings = parse_settings(argv)
     except ConfigError as exc:
@@ -126,7 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import uvloop
     except ImportError:  # Windows: uvloop does not exist there
-        asyncio.run(serve(settings))
+        run = asyncio.run
     else:
-        uvloop.run(serve(settings))
+        run = uvloop.run
+    try:
+        run(serve(settings))
+    except ConfigError as exc:
+        print(f"framebroker: error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -1,20 +1,31 @@
-"""Every setting of the broker, with its default, its CLI flag and its environment variable."""
+"""Every setting of the broker, with its default, its CLI flag, its environment variable and its file key."""
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
-import secrets
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "default_static_dir", "settings_from_env"]
+__all__ = [
+    "ENV_PREFIX",
+    "ConfigError",
+    "Settings",
+    "default_state_dir",
+    "default_static_dir",
+    "env_name",
+    "parse_value",
+    "settings_from_env",
+]
 
 ENV_PREFIX = "FRAMEBROKER_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
 class ConfigError(ValueError):
@@ -35,22 +46,100 @@ def default_static_dir() -> Path:
     return candidates[0]
 
 
-def _help(text: str, group: str) -> dict[str, str]:
-    return {"help": text, "group": group}
+def default_state_dir() -> Path:
+    """systemd's `StateDirectory=` if set, else the XDG state folder of the user."""
+    if systemd := os.environ.get("STATE_DIRECTORY"):
+        return Path(systemd.split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "framebroker"
+
+
+def _help(text: str, group: str, **more: Any) -> dict[str, Any]:
+    """Field metadata: help text and --help group; `flag=False` or `file=False` leave one source out."""
+    return {"help": text, "group": group, **more}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The broker's configuration. Build it from flags and env with `broker.cli`, or directly."""
+    """The broker's configuration. Build it from flags, env and file with `broker.cli`, or directly."""
 
     # Network
     host: str = field(default="127.0.0.1", metadata=_help("address to listen on", "network"))
     port: int = field(default=8080, metadata=_help("TCP port to listen on (0 = any free)", "network"))
+    allowed_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata=_help(
+            "host names clients may address the broker by (comma-separated; '.example.org' includes "
+            "subdomains, '*' any); empty = the loopback names when listening on loopback, else any",
+            "network",
+        ),
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=_help(
+            "web origins besides the broker's own whose pages may open viewer WebSockets or use "
+            "a signed-in session (comma-separated, e.g. https://home.example.org)",
+            "network",
+        ),
+    )
+    trusted_proxies: tuple[str, ...] = field(
+        default=(),
+        metadata=_help(
+            "reverse proxies (comma-separated addresses or CIDRs) whose X-Forwarded-For, -Proto "
+            "and -Host headers are believed; from anyone else they are ignored",
+            "network",
+        ),
+    )
 
-    # Auth
+    # Access
+    config: Path | None = field(
+        default=None,
+        metadata=_help("TOML file with settings, [[user]] and [[camera]] entries", "access", file=False),
+    )
     publish_token: str = field(
         default="",
-        metadata=_help("token publishers must present; empty = generate one at start and log it", "auth"),
+        repr=False,
+        metadata=_help(
+            "token publishers must present for cameras without a token of their own; empty = "
+            "generate one once into the state directory",
+            "access",
+        ),
+    )
+    public: bool = field(
+        default=False,
+        metadata=_help(
+            "let anyone watch every camera that has no viewers list of its own, without signing in",
+            "access",
+        ),
+    )
+    state_dir: Path = field(
+        default_factory=default_state_dir,
+        metadata=_help("folder for the generated signing key and publish token", "access"),
+    )
+    secret_file: Path | None = field(
+        default=None,
+        metadata=_help(
+            "file holding the key that signs sessions and share links (else FRAMEBROKER_SECRET, "
+            "else one generated into the state directory); changing it revokes them all",
+            "access",
+        ),
+    )
+    secret: str = field(
+        default="",
+        repr=False,
+        metadata=_help("the signing key itself (environment only)", "access", flag=False, file=False),
+    )
+    session_lifetime: float = field(
+        default=7 * 86400.0,
+        metadata=_help("how long a browser stays signed in, seconds (or 12h, 7d)", "access"),
+    )
+    auth_failures_per_minute: int = field(
+        default=10,
+        metadata=_help(
+            "wrong passwords, tokens or share links one client address may send per minute before "
+            "it gets 429",
+            "access",
+        ),
     )
 
     # Limits
@@ -101,7 +190,7 @@ class Settings:
     log_format: str = field(default="text", metadata=_help("text or json (one object per line)", "other"))
     access_log: bool = field(
         default=True,
-        metadata=_help("log one line per HTTP request (query tokens redacted)", "other"),
+        metadata=_help("log one line per HTTP request (secrets in the query redacted)", "other"),
     )
     demo: bool = field(
         default=False, metadata=_help("run a built-in synthetic camera called 'demo'", "other")
@@ -112,23 +201,55 @@ class Settings:
         _check(self.max_frame_bytes >= 1024, "max_frame_bytes", self.max_frame_bytes, ">= 1024")
         _check(self.max_cameras >= 1, "max_cameras", self.max_cameras, ">= 1")
         _check(self.viewer_sndbuf >= 4096, "viewer_sndbuf", self.viewer_sndbuf, ">= 4096")
+        _check(
+            self.auth_failures_per_minute >= 1,
+            "auth_failures_per_minute",
+            self.auth_failures_per_minute,
+            ">= 1",
+        )
         for name in (
             "heartbeat",
             "offline_after",
             "viewer_send_timeout",
             "mjpeg_keepalive",
             "shutdown_timeout",
+            "session_lifetime",
         ):
             value = getattr(self, name)
             _check(value > 0, name, value, "> 0 seconds")
         _check(self.log_level in LOG_LEVELS, "log_level", self.log_level, " or ".join(LOG_LEVELS))
         _check(self.log_format in LOG_FORMATS, "log_format", self.log_format, " or ".join(LOG_FORMATS))
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"trusted_proxies: {proxy!r} is invalid: "
+                    "expected an IP address or CIDR such as 10.0.0.0/8"
+                ) from None
+        for origin in self.allowed_origins:
+            _check(
+                re.fullmatch(r"https?://[^/?#\s]+", origin) is not None,
+                "allowed_origins",
+                origin,
+                "scheme://host[:port], e.g. https://home.example.org",
+            )
 
-    def with_token(self) -> tuple[Settings, bool]:
-        """These settings with a publish token; True when it had to be generated."""
-        if self.publish_token:
-            return self, False
-        return dataclasses.replace(self, publish_token=secrets.token_urlsafe(18)), True
+    @property
+    def on_loopback(self) -> bool:
+        """Whether the broker listens only on this machine."""
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) only ever means this machine."""
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:
@@ -141,13 +262,26 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(raw: str) -> float:
+    """Seconds from '90', '1.5', '90s', '15m', '24h' or '7d'; ValueError otherwise."""
+    match = _DURATION.fullmatch(raw)
+    if match is None:
+        raise ValueError(raw)
+    number, unit = match.groups()
+    return float(number) * _UNIT_SECONDS[(unit or "s").lower()]
+
+
 def parse_value(name: str, annotation: str, raw: str) -> Any:
     """Turn a flag's or environment variable's text into a setting's value."""
     try:
         if annotation == "int":
             return int(raw)
         if annotation == "float":
-            return float(raw)
+            return parse_duration(raw)
         if annotation == "bool":
             lowered = raw.strip().lower()
             if lowered in ("1", "true", "yes", "on"):
@@ -157,18 +291,49 @@ def parse_value(name: str, annotation: str, raw: str) -> Any:
             raise ValueError(raw)
         if annotation == "Path":
             return Path(raw)
+        if annotation == "Path | None":
+            return Path(raw) if raw else None
+        if annotation == "tuple[str, ...]":
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is invalid: expected {annotation}") from None
+        expected = "a duration in seconds (or with s, m, h, d)" if annotation == "float" else annotation
+        raise ConfigError(f"{name}={raw!r} is invalid: expected {expected}") from None
     return raw
 
 
+def coerce_value(name: str, annotation: str, value: Any) -> Any:
+    """A value from the config file (TOML types) as the setting's type; ConfigError if it does not fit."""
+    if isinstance(value, str) and annotation != "tuple[str, ...]":
+        return parse_value(name, annotation, value)
+    expected = {
+        "int": (int,),
+        "float": (int, float),
+        "bool": (bool,),
+        "tuple[str, ...]": (list, str),
+        "str": (str,),
+    }.get(annotation, (str,))
+    if not isinstance(value, expected) or (isinstance(value, bool) and annotation != "bool"):
+        raise ConfigError(f"{name}={value!r} is invalid: expected {annotation}")
+    if annotation == "float":
+        return float(value)
+    if annotation == "tuple[str, ...]":
+        items = value.split(",") if isinstance(value, str) else value
+        if not all(isinstance(item, str) for item in items):
+            raise ConfigError(f"{name}={value!r} is invalid: expected a list of strings")
+        return tuple(item.strip() for item in items if item.strip())
+    return value
+
+
 def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Settings from FRAMEBROKER_* variables, then `overrides` on top."""
+    """Settings from the config file (FRAMEBROKER_CONFIG or `config=`), FRAMEBROKER_*, then `overrides`."""
+    from .configfile import read_settings
+
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    from_env: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
         raw = environ.get(env_name(f.name))
         if raw is not None:
-            values[f.name] = parse_value(env_name(f.name), str(f.type), raw)
-    values.update(overrides)
-    return Settings(**values)
+            from_env[f.name] = parse_value(env_name(f.name), str(f.type), raw)
+    config = overrides.get("config", from_env.get("config"))
+    from_file = read_settings(config) if config else {}
+    return Settings(**{**from_file, **from_env, **overrides})

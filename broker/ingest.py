@@ -8,8 +8,7 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from .app_keys import HUB, SETTINGS
-from .auth import check_publish_token
+from .app_keys import AUTH, HUB, SETTINGS
 from .channel import Channel
 from .hub import TooManyCameras
 from .jpeg import is_complete_jpeg
@@ -176,7 +175,7 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
     """`GET /cameras/{camera}/publish`: a publisher's WebSocket."""
     camera = camera_id(request)
     settings = request.app[SETTINGS]
-    check_publish_token(request, settings.publish_token)
+    request.app[AUTH].check_publish(request, camera)
     require_websocket_13(request)
     channel = open_channel(request, camera)
     ws = web.WebSocketResponse(
@@ -208,7 +207,7 @@ async def publish_post(request: web.Request) -> web.Response:
     """`POST /cameras/{camera}/publish`: one JPEG in the body."""
     camera = camera_id(request)
     settings = request.app[SETTINGS]
-    check_publish_token(request, settings.publish_token)
+    request.app[AUTH].check_publish(request, camera)
     limit = settings.max_frame_bytes
     try:
         if request.content_length is not None:

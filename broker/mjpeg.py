@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from .app_keys import BOUNDARY, HUB, SETTINGS
+from .app_keys import AUTH, BOUNDARY, HUB, SETTINGS
 from .frame import Frame
 from .params import camera_id, peer
 from .writer import FrameWriter
@@ -46,6 +46,7 @@ def _fps_cap(request: web.Request) -> float:
 async def view_mjpeg(request: web.Request) -> web.StreamResponse:
     """`GET /cameras/{camera}/mjpeg[?fps=N]`: cached frame first, then each new one."""
     camera = camera_id(request)
+    await request.app[AUTH].may_view(request, camera)
     fps = _fps_cap(request)
     hub = request.app[HUB]
     channel = hub.channel(camera)

@@ -6,6 +6,8 @@ import re
 
 from aiohttp import web
 
+from .clients import client_of
+
 __all__ = ["CAMERA_ID", "camera_id", "peer", "require_websocket_13"]
 
 CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -23,8 +25,8 @@ def camera_id(request: web.Request) -> str:
 
 
 def peer(request: web.Request) -> str:
-    """The client's address for log lines."""
-    return request.remote or "unknown"
+    """The client's address for log lines (through trusted proxies: the real client)."""
+    return client_of(request).address
 
 
 def require_websocket_13(request: web.Request) -> None:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, ingest, mjpeg, snapshot, viewer
+from . import api, ingest, mjpeg, signin, snapshot, viewer
+from .app_keys import AUTH
+from .share import QUERY_PARAM
 
 __all__ = ["setup_routes"]
 
@@ -19,6 +21,9 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     app.router.add_get("/cameras/{camera}/snapshot.jpg", snapshot.snapshot)
     app.router.add_get("/cameras/{camera}/mjpeg", mjpeg.view_mjpeg)
     app.router.add_get("/api/cameras", api.cameras)
+    app.router.add_get("/api/session", signin.session_info)
+    app.router.add_post("/login", signin.sign_in)
+    app.router.add_post("/logout", signin.sign_out)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/", _index(static_dir))
     # follow_symlinks stays False: a link in the folder must not expose files outside it.
@@ -29,6 +34,9 @@ def _index(static_dir: Path) -> web.RequestHandler:
     index = static_dir / "index.html"
 
     async def handler(request: web.Request) -> web.FileResponse:
+        """The page shows no camera by itself; a share link in it is checked here, so a bad one gets 403."""
+        if QUERY_PARAM in request.query:
+            await request.app[AUTH].viewer(request)  # 403 (or 429) for a bad link
         if not index.is_file():
             raise web.HTTPNotFound(text=f"viewer page not found: {index}\n")
         return web.FileResponse(index, headers={"Cache-Control": "no-cache"})

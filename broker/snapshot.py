@@ -7,7 +7,7 @@ from email.utils import formatdate
 
 from aiohttp import web
 
-from .app_keys import HUB, INSTANCE
+from .app_keys import AUTH, HUB, INSTANCE
 from .params import camera_id
 
 __all__ = ["snapshot"]
@@ -18,6 +18,7 @@ RETRY_AFTER_SECONDS = "1"
 async def snapshot(request: web.Request) -> web.Response:
     """`GET /cameras/{camera}/snapshot.jpg`: 200 with the JPEG, 304, 404 never seen, 503 no frame yet."""
     camera = camera_id(request)
+    await request.app[AUTH].may_view(request, camera)
     channel = request.app[HUB].channel(camera)
     if channel is None or not channel.seen:
         raise web.HTTPNotFound(text=f"camera {camera!r} has never published\n")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
-from .app_keys import HUB, SETTINGS
+from .app_keys import AUTH, HUB, SETTINGS
 from .frame import Frame
 from .hub import TooManyCameras
 from .params import camera_id, peer, require_websocket_13
@@ -78,13 +78,14 @@ def _encoder(with_header: bool) -> Callable[[Frame], bytes]:
 async def view_ws(request: web.Request) -> web.WebSocketResponse:
     """`GET /cameras/{camera}/ws`: newest frame now, then every new one; `?header=1` adds seq/time."""
     camera = camera_id(request)
+    await request.app[AUTH].may_view(request, camera)
+    require_websocket_13(request)
     settings = request.app[SETTINGS]
     hub = request.app[HUB]
     try:
         channel = hub.open_channel(camera)
     except TooManyCameras as exc:
         raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
-    require_websocket_13(request)
     with_header = request.query.get("header", "0").lower() in ("1", "true", "yes")
     ws = ViewerWebSocket(
         heartbeat=spread_heartbeat(settings.heartbeat),

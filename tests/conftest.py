@@ -92,12 +92,13 @@ StartBroker = Callable[..., Awaitable[RunningBroker]]
 
 
 @pytest.fixture
-async def start_broker() -> AsyncIterator[StartBroker]:
+async def start_broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StartBroker]:
     """Factory: `await start_broker(port=0, **settings)` runs a real broker; all are stopped after."""
     running: list[RunningBroker] = []
+    state_dir = tmp_path_factory.mktemp("state")
 
     async def start(**overrides: Any) -> RunningBroker:
-        settings = Settings(**{**TEST_SETTINGS, **overrides})
+        settings = Settings(**{**TEST_SETTINGS, "state_dir": state_dir, **overrides})
         server = BrokerServer(settings)
         await server.start()
         broker = RunningBroker(server)

@@ -49,14 +49,14 @@ class BrokerProcess:
 
 
 @pytest.fixture
-async def run_broker() -> AsyncIterator:
+async def run_broker(tmp_path) -> AsyncIterator:
     procs: list[BrokerProcess] = []
 
     async def run(*args: str, env: dict[str, str] | None = None) -> BrokerProcess:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "broker", "--port", "0", *args,
             stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"), **(env or {})},
         )  # fmt: skip
         broker = BrokerProcess(proc)
         procs.append(broker)
@@ -131,10 +131,11 @@ def test_settings_from_env_reads_only_its_prefix():
 
 
 async def test_demo_serves_a_moving_picture_and_says_where(run_broker):
-    """`framebroker --demo`: the log gives the URL and the token; the demo camera streams 640x480."""
+    """`framebroker --demo`: the log gives the URL and where the token is; the demo camera streams 640x480."""
     broker = await run_broker("--demo")
     assert f"http://127.0.0.1:{broker.port}/" in broker.log
-    assert "generated one for this run" in broker.log
+    assert "agents must use the one in" in broker.log
+    assert "publish-token" in broker.log
     async with aiohttp.ClientSession() as http:
         async with http.get(broker.url("/api/cameras")) as resp:
             (demo,) = (await resp.json())["cameras"]

@@ -259,7 +259,8 @@ async def test_a_silent_publisher_is_dropped_by_the_heartbeat(start_broker, http
     broker = await start_broker(heartbeat=0.4)
     reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
     writer.write(
-        b"GET /cameras/frozen/publish HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"GET /cameras/frozen/publish HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         b"Authorization: Bearer " + broker.token.encode() + b"\r\n\r\n"
     )

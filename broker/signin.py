@@ -1,0 +1,68 @@
+"""The page's sign-in, sign-out and "who am I": the session cookie's whole life."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from .app_keys import AUTH
+from .clients import client_of
+from .sessions import COOKIE_NAME
+
+__all__ = ["session_info", "sign_in", "sign_out"]
+
+log = logging.getLogger(__name__)
+
+MAX_FORM_BYTES = 4096  # a user name and a password; nothing bigger is read
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    """`POST /login` with `username` and `password` form fields: sets the session cookie."""
+    auth = request.app[AUTH]
+    if request.content_length is None or request.content_length > MAX_FORM_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_FORM_BYTES, actual_size=request.content_length or 0)
+    form = await request.post()
+    name, password = form.get("username"), form.get("password")
+    if not isinstance(name, str) or not isinstance(password, str) or not name:
+        raise web.HTTPBadRequest(text="send the form fields 'username' and 'password'\n")
+    user = await auth.sign_in(request, name, password)
+    client = client_of(request)
+    response = web.json_response({"user": user.name}, headers={"Cache-Control": "no-store"})
+    response.set_cookie(
+        COOKIE_NAME,
+        auth.sessions.issue(user),
+        max_age=int(auth.sessions.lifetime),
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=client.scheme == "https",
+    )
+    log.info("client %s: user %r signed in", client.address, user.name)
+    return response
+
+
+async def sign_out(request: web.Request) -> web.Response:
+    """`POST /logout`: ends the session on the server too, and clears the cookie."""
+    principal = request.app[AUTH].session(request)
+    if principal is not None and principal.session is not None:
+        request.app[AUTH].sessions.revoke(principal.session)
+        log.info("client %s: user %r signed out", client_of(request).address, principal.name)
+    response = web.json_response({"user": None}, headers={"Cache-Control": "no-store"})
+    response.del_cookie(COOKIE_NAME, path="/")
+    return response
+
+
+async def session_info(request: web.Request) -> web.Response:
+    """`GET /api/session`: who the page is signed in as, and whether signing in is possible."""
+    auth = request.app[AUTH]
+    principal = await auth.viewer(request)
+    return web.json_response(
+        {
+            "user": principal.name,
+            "via": principal.via,
+            "camera": principal.camera,
+            "sign_in": auth.policy.has_users,
+        },
+        headers={"Cache-Control": "no-store"},
+    )

@@ -2,7 +2,16 @@
  * The viewer page: a grid of live tiles at `#/`, one camera large at `#/cameras/ID`.
  * The hash is the whole state, so views are bookmarkable and the back button works.
  */
-import { CAMERA_ID, cameraUrls, fetchCameras } from './api.js';
+import {
+  CAMERA_ID,
+  Refused,
+  SignInRequired,
+  cameraUrls,
+  fetchCameras,
+  fetchSession,
+  signIn,
+  signOut,
+} from './api.js';
 import { Tile } from './tile.js';
 
 /** How often the camera list is fetched again (cameras come and go, go offline). */
@@ -11,6 +20,7 @@ const REFRESH_MS = 4000;
 const view = document.querySelector('#view');
 const nav = document.querySelector('#camera-nav');
 const brokerNote = document.querySelector('#broker-note');
+const account = document.querySelector('#account');
 
 /** Tiles on screen, by camera id. */
 const tiles = new Map();
@@ -19,6 +29,8 @@ let cameras = null;
 let navSignature = '';
 let refreshTimer = null;
 let refreshing = false;
+/** The sign-in form is on screen: the broker wants credentials before it shows any camera. */
+let signingIn = false;
 
 /** The camera id in a hash; null for the grid. */
 function routeCamera(hash = location.hash) {
@@ -31,10 +43,15 @@ function routeCamera(hash = location.hash) {
   }
 }
 
-function showView() {
+function clearView() {
   for (const tile of tiles.values()) tile.destroy();
   tiles.clear();
   view.replaceChildren();
+}
+
+function showView() {
+  if (signingIn) return;
+  clearView();
   const cameraId = routeCamera();
   if (cameraId === null) {
     showGrid();
@@ -74,6 +91,78 @@ function showInvalid(cameraId) {
   message.append(element('a', { href: '#/', textContent: 'Show all cameras' }));
   view.append(message);
 }
+
+/** The page's own sign-in form: the page never lets the browser show its Basic dialog. */
+function showSignIn() {
+  signingIn = true;
+  clearView();
+  cameras = null;
+  navSignature = '';
+  nav.replaceChildren();
+  account.hidden = true;
+  document.title = 'Sign in · framebroker';
+  const form = document.querySelector('#sign-in-template').content.firstElementChild.cloneNode(true);
+  const error = form.querySelector('.error');
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const button = form.querySelector('button');
+    button.disabled = true;
+    let problem;
+    try {
+      problem = await signIn(form.elements.username.value, form.elements.password.value);
+    } catch {
+      problem = 'The broker cannot be reached.';
+    }
+    button.disabled = false;
+    if (problem) {
+      error.textContent = problem;
+      error.hidden = false;
+      form.elements.password.select();
+      return;
+    }
+    signingIn = false;
+    showView();
+    refresh();
+    updateAccount();
+  });
+  view.replaceChildren(form);
+  form.elements.username.focus();
+}
+
+/** A share link the broker no longer accepts (expired, or the broker's key changed). */
+function showRefused(reason) {
+  clearView();
+  cameras = null;
+  nav.replaceChildren();
+  view.append(element('p', { className: 'empty', textContent: reason || 'The broker refused this page.' }));
+}
+
+/** The header's account area: who is signed in and a way out, or a way in. */
+async function updateAccount() {
+  let session;
+  try {
+    session = await fetchSession();
+  } catch {
+    return; // signed out, refused or unreachable: the camera list handles each
+  }
+  const signedIn = session.via === 'session';
+  const signInButton = account.querySelector('.sign-in');
+  account.querySelector('.user').textContent = session.user ? `Signed in as ${session.user}` : '';
+  account.querySelector('.sign-out').hidden = !signedIn;
+  signInButton.hidden = !(session.sign_in && session.via === 'none');
+  account.hidden = signingIn || (!session.user && signInButton.hidden);
+}
+
+account.querySelector('.sign-out').addEventListener('click', async () => {
+  await signOut().catch(() => {});
+  account.hidden = true;
+  clearView();
+  cameras = null;
+  navSignature = '';
+  nav.replaceChildren();
+  await start();
+});
+account.querySelector('.sign-in').addEventListener('click', () => showSignIn());
 
 function addTile(cameraId, options) {
   const tile = new Tile(cameraId, options);
@@ -127,18 +216,18 @@ function renderNav() {
   const selected = routeCamera();
   // Rebuilt only when something shown changed, so a focused link is not yanked away
   // every few seconds.
-  const signature = JSON.stringify([selected, cameras.map(({ id, online }) => [id, online])]);
+  const signature = JSON.stringify([selected, cameras.map(({ id, title, online }) => [id, title, online])]);
   if (signature === navSignature) return;
   navSignature = signature;
   const focused = nav.contains(document.activeElement) ? document.activeElement.dataset.camera : null;
   nav.replaceChildren(
-    ...cameras.map(({ id, online }) => {
+    ...cameras.map(({ id, title, online }) => {
       const link = element('a', { href: cameraUrls(id).page, className: online ? 'online' : 'offline' });
       link.dataset.camera = id;
       if (id === selected) link.setAttribute('aria-current', 'page');
       link.append(
         element('span', { className: 'dot' }),
-        id,
+        title ?? id,
         element('span', { className: 'visually-hidden', textContent: online ? ' (online)' : ' (offline)' }),
       );
       const item = element('li');
@@ -157,7 +246,15 @@ async function refresh() {
     cameras = await fetchCameras();
     brokerNote.hidden = true;
     applyCameras();
-  } catch {
+  } catch (error) {
+    if (error instanceof SignInRequired) {
+      if (!signingIn) showSignIn();
+      return; // nothing to refresh until someone signs in
+    }
+    if (error instanceof Refused) {
+      showRefused(error.message);
+      return;
+    }
     brokerNote.hidden = false; // the players retry on their own; the list retries below
   } finally {
     refreshing = false;
@@ -198,5 +295,15 @@ document.addEventListener('keydown', (event) => {
   }
 });
 
-showView();
-refresh();
+/**
+ * Asks for the camera list before showing any picture: a broker that wants a sign-in
+ * gets the form at once, instead of players failing against it first.
+ */
+async function start() {
+  await refresh();
+  if (!signingIn && cameras !== null) showView();
+  else if (!signingIn && !brokerNote.hidden) showView(); // unreachable: the players keep retrying
+  updateAccount();
+}
+
+start();

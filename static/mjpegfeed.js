@@ -39,7 +39,9 @@ export class MjpegFeed {
     this.#abort = new AbortController();
     // A fresh query string each time: an <img> URL may be served from the memory
     // cache, which would replay a dead stream instead of opening a new one.
-    this.element.src = `${cameraUrls(this.#cameraId).mjpeg}?t=${Date.now()}`;
+    const url = new URL(cameraUrls(this.#cameraId).mjpeg);
+    url.searchParams.set('t', String(Date.now()));
+    this.element.src = url.href;
   }
 
   stop() {

@@ -80,6 +80,8 @@ export class Tile {
 
   /** Takes this camera's entry from /api/cameras. */
   update(camera) {
+    const name = this.#heading.querySelector('a') ?? this.#heading;
+    if (camera.title && name.textContent !== camera.title) name.textContent = camera.title;
     this.player.setCameraInfo(camera);
   }
 

@@ -86,19 +86,20 @@ class Camera:
     change the picture.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, broker, camera_id: str, colour, fps=10):
+    def __init__(self, session: aiohttp.ClientSession, broker, camera_id: str, colour, fps=10, token=None):
         self.session = session
         self.broker = broker
         self.camera_id = camera_id
         self.colour = colour
         self.fps = fps
+        self.token = token or broker.token
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task | None = None
 
     async def __aenter__(self) -> Camera:
         self._ws = await self.session.ws_connect(
             self.broker.url(f"/cameras/{self.camera_id}/publish"),
-            headers={"Authorization": f"Bearer {self.broker.token}"},
+            headers={"Authorization": f"Bearer {self.token}"},
         )
         await self._ws.send_bytes(solid_jpeg(self.colour))
         self._task = asyncio.create_task(self._run())

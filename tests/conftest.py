@@ -6,6 +6,9 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -149,6 +152,72 @@ async def next_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -
         if msg.type == aiohttp.WSMsgType.TEXT:
             return msg.json()
         assert msg.type == aiohttp.WSMsgType.BINARY, f"unexpected {msg.type}: {msg.data!r}"
+
+
+class BrokerProcess:
+    """`python -m broker ...` in a subprocess, with its log captured."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.log = ""
+        self.port = 0
+
+    async def wait_serving(self) -> None:
+        assert self.proc.stderr is not None
+        while not self.port:
+            line = await asyncio.wait_for(self.proc.stderr.readline(), 15)
+            assert line, f"broker exited early:\n{self.log}"
+            self.log += line.decode()
+            if match := re.search(r"serving on http://127\.0\.0\.1:(\d+)/", line.decode()):
+                self.port = int(match.group(1))
+
+    async def rest_of_log(self) -> str:
+        assert self.proc.stderr is not None
+        self.log += (await self.proc.stderr.read()).decode()
+        return self.log
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+async def run_broker(tmp_path: Any) -> AsyncIterator[Callable[..., Awaitable[BrokerProcess]]]:
+    """Factory: `await run_broker(*flags, env={...})` runs `python -m broker` until it serves."""
+    procs: list[BrokerProcess] = []
+
+    async def run(*args: str, env: dict[str, str] | None = None) -> BrokerProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "broker", "--port", "0", *args,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"), **(env or {})},
+        )  # fmt: skip
+        broker = BrokerProcess(proc)
+        procs.append(broker)
+        await broker.wait_serving()
+        return broker
+
+    yield run
+    for broker in procs:
+        if broker.proc.returncode is None:
+            broker.proc.kill()
+            await broker.proc.wait()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's Chromium, headless, through Playwright (skipped where it is not installed)."""
+    from pathlib import Path
+
+    from playwright.async_api import async_playwright
+
+    from .browser_support import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found: the browser tests need Debian's chromium package")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
 
 
 @pytest.fixture(autouse=True)

@@ -3,17 +3,14 @@
 import asyncio
 import re
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from tests.browser_support import (
     BLUE,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     GREEN,
     OUTPUT_DIR,
     RED,
@@ -24,16 +21,6 @@ from tests.browser_support import (
 )
 
 VIEWER_SOCKET = re.compile(r"/cameras/[^/]+/ws")
-
-
-@pytest.fixture
-async def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found: the browser tests need Debian's chromium package")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
 
 
 @pytest.fixture

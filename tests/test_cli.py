@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -20,54 +15,6 @@ from broker.config import ConfigError, Settings, settings_from_env
 from .conftest import make_jpeg
 
 SECRET = "s3cret-token-that-must-never-be-logged"
-
-
-class BrokerProcess:
-    """`python -m broker ...` in a subprocess, with its log captured."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.log = ""
-        self.port = 0
-
-    async def wait_serving(self) -> None:
-        assert self.proc.stderr is not None
-        while not self.port:
-            line = await asyncio.wait_for(self.proc.stderr.readline(), 15)
-            assert line, f"broker exited early:\n{self.log}"
-            self.log += line.decode()
-            if match := re.search(r"serving on http://127\.0\.0\.1:(\d+)/", line.decode()):
-                self.port = int(match.group(1))
-
-    async def rest_of_log(self) -> str:
-        assert self.proc.stderr is not None
-        self.log += (await self.proc.stderr.read()).decode()
-        return self.log
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
-@pytest.fixture
-async def run_broker(tmp_path) -> AsyncIterator:
-    procs: list[BrokerProcess] = []
-
-    async def run(*args: str, env: dict[str, str] | None = None) -> BrokerProcess:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "broker", "--port", "0", *args,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"), **(env or {})},
-        )  # fmt: skip
-        broker = BrokerProcess(proc)
-        procs.append(broker)
-        await broker.wait_serving()
-        return broker
-
-    yield run
-    for broker in procs:
-        if broker.proc.returncode is None:
-            broker.proc.kill()
-            await broker.proc.wait()
 
 
 def test_help_documents_every_setting_with_its_variable(capsys):

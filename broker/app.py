@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .access import AccessPolicy
-from .app_keys import AUTH, BOUNDARY, HUB, INSTANCE, SETTINGS
+from .app_keys import AUTH, BOUNDARY, HUB, INSTANCE, LIMITS, SETTINGS
 from .auth import Authenticator
 from .config import ConfigError, Settings, settings_from_env
 from .configfile import read_access
 from .demo import demo_camera
 from .guard import guard_middleware
 from .hub import Hub
+from .limits import Limits
 from .routes import setup_routes
 from .sessions import Sessions
 from .share import ShareLinks
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         FailureThrottle(settings.auth_failures_per_minute),
     )
     app[HUB] = Hub(settings)
+    app[LIMITS] = Limits(settings, exempt=settings.trusted_proxies)
     app[BOUNDARY] = b"frame-" + secrets.token_hex(8).encode()
     app[INSTANCE] = secrets.token_hex(4)
     setup_routes(app, settings.static_dir)

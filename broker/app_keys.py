@@ -7,13 +7,16 @@ from aiohttp import web
 from .auth import Authenticator
 from .config import Settings
 from .hub import Hub
+from .limits import Limits
 
-__all__ = ["AUTH", "BOUNDARY", "HUB", "INSTANCE", "SETTINGS"]
+__all__ = ["AUTH", "BOUNDARY", "HUB", "INSTANCE", "LIMITS", "SETTINGS"]
 
 SETTINGS = web.AppKey("settings", Settings)
 HUB = web.AppKey("hub", Hub)
 # Who may watch and publish what, and how requests prove who they are.
 AUTH = web.AppKey("auth", Authenticator)
+# Caps on connections and viewers.
+LIMITS = web.AppKey("limits", Limits)
 # The MJPEG multipart boundary, random per broker, shared by every stream so parts are built once.
 BOUNDARY = web.AppKey("boundary", bytes)
 # Random per broker start; part of ETags so a restarted broker's frame 1 is not "not modified".

@@ -41,6 +41,9 @@ class Channel:
         self.camera = camera
         self.latest: Frame | None = None
         self.publisher: Publisher | None = None
+        # A camera fed by POSTs is held by the address that posts, until it pauses.
+        self._post_source: str | None = None
+        self._post_until = 0.0
         self.seen = False  # a publisher has connected or posted: the camera "exists"
         self.agent: dict[str, object] = {}
         self.frames = 0
@@ -52,6 +55,7 @@ class Channel:
         self._viewers: set[FrameWriter] = set()
         self._fan_out_handle: asyncio.Handle | None = None
         self._demand_since = time.monotonic()
+        self.last_active = self._demand_since  # monotonic: last frame, viewer, snapshot or publisher
         self._online = False
         self._status_since = time.time()
         self._status_message = self._build_status()
@@ -66,6 +70,7 @@ class Channel:
         """Make `jpeg` the newest frame and schedule its fan-out to the viewers. Never awaits."""
         frame = Frame(self.camera, self.frames + 1, jpeg, time.time(), time.monotonic())
         self.latest = frame
+        self.last_active = frame.received_mono
         self.frames += 1
         self.bytes += len(jpeg)
         self.seen = True
@@ -86,15 +91,33 @@ class Channel:
         """Make `publisher` the camera's only publisher; the previous one is told to go."""
         previous = self.publisher
         self.publisher = publisher
+        self._post_source = None
         self.seen = True
         if previous is not None:
             previous.replaced()
         publisher.viewers_changed(len(self._viewers))
 
+    def claim_for_post(self, source: str, hold: float) -> str | None:
+        """Let `source` publish by POST for `hold` more seconds; else who holds the camera.
+
+        A WebSocket publisher holds its camera while connected; a POSTing address holds
+        it until it has been quiet for `hold` seconds. Frames from two publishers would
+        otherwise interleave into one stream.
+        """
+        if self.publisher is not None:
+            return f"the WebSocket publisher {self.publisher.peer}"
+        now = time.monotonic()
+        if self._post_source not in (None, source) and now < self._post_until:
+            return f"POSTs from {self._post_source}"
+        self._post_source, self._post_until = source, now + hold
+        self.seen = True
+        return None
+
     def detach_publisher(self, publisher: Publisher) -> None:
         """Forget `publisher` unless another one has taken over already."""
         if self.publisher is publisher:
             self.publisher = None
+            self.last_active = time.monotonic()
 
     # -- viewers ---------------------------------------------------------------------
 
@@ -113,6 +136,7 @@ class Channel:
     def add_viewer(self, writer: FrameWriter) -> None:
         """Start feeding `writer`: the state first (WebSocket), then the newest frame."""
         self._viewers.add(writer)
+        self.last_active = time.monotonic()
         if len(self._viewers) == 1:
             self._demand_since = time.monotonic()
             self._tell_publisher()
@@ -125,6 +149,7 @@ class Channel:
     def remove_viewer(self, writer: FrameWriter) -> None:
         """Stop feeding `writer`."""
         self._viewers.discard(writer)
+        self.last_active = time.monotonic()
         if not self._viewers:
             self._tell_publisher()
 
@@ -184,6 +209,10 @@ class Channel:
                 frame = self._frame_for(viewer)
                 if frame is not None:
                     viewer.offer(frame, now)
+
+    def forgotten(self, now: float, after: float) -> bool:
+        """Whether nobody has published to or watched this camera for `after` seconds."""
+        return self.publisher is None and not self._viewers and now - self.last_active >= after
 
     @property
     def idle(self) -> bool:

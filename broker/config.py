@@ -147,7 +147,35 @@ class Settings:
         default=8 * 1024 * 1024,
         metadata=_help("largest JPEG a publisher may send, bytes", "limits"),
     )
-    max_cameras: int = field(default=256, metadata=_help("most cameras the broker keeps at once", "limits"))
+    max_cameras: int = field(
+        default=256, metadata=_help("most cameras with a publisher (now or earlier) kept at once", "limits")
+    )
+    max_viewers: int = field(
+        default=10_000, metadata=_help("most WebSocket and MJPEG viewers of the whole broker", "limits")
+    )
+    max_viewers_per_camera: int = field(
+        default=5_000, metadata=_help("most WebSocket and MJPEG viewers of one camera", "limits")
+    )
+    max_connections_per_ip: int = field(
+        default=64,
+        metadata=_help(
+            "most connections, and most viewers, from one client address (addresses of this machine "
+            "and --trusted-proxies are exempt: they speak for many clients)",
+            "limits",
+        ),
+    )
+    max_waiting_viewers: int = field(
+        default=256,
+        metadata=_help("most viewers waiting for cameras that have never published", "limits"),
+    )
+    descriptor_reserve: int = field(
+        default=128,
+        metadata=_help(
+            "file descriptors kept free for publishers and short requests: viewers are refused "
+            "before the process runs out",
+            "limits",
+        ),
+    )
     viewer_sndbuf: int = field(
         default=128 * 1024,
         metadata=_help(
@@ -180,6 +208,10 @@ class Settings:
     shutdown_timeout: float = field(
         default=5.0, metadata=_help("how long a graceful shutdown may take", "timeouts")
     )
+    forget_after: float = field(
+        default=3600.0,
+        metadata=_help("a camera nobody has published to or watched for this long is removed", "timeouts"),
+    )
 
     # Paths and logging
     static_dir: Path = field(
@@ -199,7 +231,15 @@ class Settings:
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535 or self.port == 0, "port", self.port, "a TCP port 0-65535")
         _check(self.max_frame_bytes >= 1024, "max_frame_bytes", self.max_frame_bytes, ">= 1024")
-        _check(self.max_cameras >= 1, "max_cameras", self.max_cameras, ">= 1")
+        for name in (
+            "max_cameras",
+            "max_viewers",
+            "max_viewers_per_camera",
+            "max_connections_per_ip",
+            "max_waiting_viewers",
+        ):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        _check(self.descriptor_reserve >= 16, "descriptor_reserve", self.descriptor_reserve, ">= 16")
         _check(self.viewer_sndbuf >= 4096, "viewer_sndbuf", self.viewer_sndbuf, ">= 4096")
         _check(
             self.auth_failures_per_minute >= 1,
@@ -214,6 +254,7 @@ class Settings:
             "mjpeg_keepalive",
             "shutdown_timeout",
             "session_lifetime",
+            "forget_after",
         ):
             value = getattr(self, name)
             _check(value > 0, name, value, "> 0 seconds")

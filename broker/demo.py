@@ -69,7 +69,7 @@ class DemoCamera:
 async def demo_camera(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: run the demo camera while the app runs."""
     settings = app[SETTINGS]
-    channel = app[HUB].open_channel(DEMO_CAMERA)
+    channel = app[HUB].channel_for_publisher(DEMO_CAMERA)
     task = asyncio.ensure_future(DemoCamera(channel, settings.max_frame_bytes).run())
     log.info("demo camera %r publishing %dx%d at %g fps", DEMO_CAMERA, *DEMO_SIZE, DEMO_FPS)
     yield

@@ -41,22 +41,39 @@ class Hub:
         """The camera's channel, or None if the broker has never heard of it."""
         return self._channels.get(camera)
 
-    def open_channel(self, camera: str) -> Channel:
-        """The camera's channel, created if needed; raises TooManyCameras at the limit."""
+    def channel_for_publisher(self, camera: str) -> Channel:
+        """The camera's channel, created if needed; TooManyCameras when it would be one too many.
+
+        Only cameras that have had a publisher count against `max_cameras`: viewers
+        waiting for a camera never use up room that publishers need.
+        """
+        channel = self._channels.get(camera)
+        if channel is not None and channel.seen:
+            return channel
+        if sum(c.seen for c in self._channels.values()) >= self._settings.max_cameras:
+            raise TooManyCameras(f"the broker already holds max_cameras={self._settings.max_cameras} cameras")
+        if channel is None:
+            channel = self._channels[camera] = self._new_channel(camera)
+        return channel
+
+    def channel_for_viewer(self, camera: str) -> Channel:
+        """The camera's channel; for a camera that never published, one to wait on (see `release`)."""
         channel = self._channels.get(camera)
         if channel is None:
-            if len(self._channels) >= self._settings.max_cameras:
-                raise TooManyCameras(
-                    f"the broker already holds max_cameras={self._settings.max_cameras} cameras"
-                )
-            channel = Channel(camera, offline_after=self._settings.offline_after)
-            self._channels[camera] = channel
+            channel = self._channels[camera] = self._new_channel(camera)
         return channel
+
+    def waiting_viewers(self) -> int:
+        """Viewers waiting for cameras that have never published."""
+        return sum(c.viewer_count for c in self._channels.values() if not c.seen)
 
     def release(self, channel: Channel) -> None:
         """Forget a channel nobody published to and nobody watches (a mistyped viewer URL)."""
         if channel.idle and self._channels.get(channel.camera) is channel:
             del self._channels[channel.camera]
+
+    def _new_channel(self, camera: str) -> Channel:
+        return Channel(camera, offline_after=self._settings.offline_after)
 
     def cameras(self) -> list[Channel]:
         """Cameras that have had a publisher, sorted by id."""
@@ -85,6 +102,14 @@ class Hub:
         """One pass of `run()`."""
         now = time.monotonic()
         for channel in list(self._channels.values()):
+            if channel.forgotten(now, self._settings.forget_after):
+                log.info(
+                    "camera %s: forgotten after %g s without publisher or viewers",
+                    channel.camera,
+                    self._settings.forget_after,
+                )
+                del self._channels[channel.camera]
+                continue
             if channel.refresh(now):
                 log.info("camera %s is offline", channel.camera)
                 latest = channel.latest

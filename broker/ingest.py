@@ -13,6 +13,7 @@ from .channel import Channel
 from .hub import TooManyCameras
 from .jpeg import is_complete_jpeg
 from .params import camera_id, peer, require_websocket_13
+from .websocket import StrictWebSocket
 
 __all__ = ["FrameRejected", "PublisherSession", "publish_post", "publish_ws", "validate_frame"]
 
@@ -58,9 +59,33 @@ def validate_frame(data: bytes, max_bytes: int) -> bytes:
 def open_channel(request: web.Request, camera: str) -> Channel:
     """The camera's channel, or 503 when the camera table is full."""
     try:
-        return request.app[HUB].open_channel(camera)
+        return request.app[HUB].channel_for_publisher(camera)
     except TooManyCameras as exc:
-        raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+        raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers={"Retry-After": "60"}) from None
+
+
+async def read_frame(request: web.Request, max_bytes: int) -> bytes:
+    """The POST body, read in pieces and refused (413) as soon as it passes the limit.
+
+    Memory stays within about twice the limit even for a chunked body that never ends:
+    the pieces go into one buffer that is copied once.
+    """
+    if request.content_length is not None:
+        check_size(request.content_length, max_bytes)  # before reading anything
+        body = bytearray(request.content_length)
+        view, filled = memoryview(body), 0
+        async for chunk in request.content.iter_any():
+            check_size(filled + len(chunk), max_bytes)
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        view.release()
+        del body[filled:]
+    else:
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            check_size(len(body) + len(chunk), max_bytes)
+            body += chunk
+    return bytes(body)
 
 
 class PublisherSession:
@@ -177,17 +202,25 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
     request.app[AUTH].check_publish(request, camera)
     require_websocket_13(request)
-    channel = open_channel(request, camera)
-    ws = web.WebSocketResponse(
+    ws = StrictWebSocket(
         heartbeat=settings.heartbeat,
         compress=False,  # JPEG does not deflate; compression would only cost CPU
         max_msg_size=settings.max_frame_bytes,
         timeout=settings.shutdown_timeout,  # bound on waiting for the peer's close reply
     )
-    await ws.prepare(request)
+    if not ws.can_prepare(request).ok:
+        raise web.HTTPBadRequest(
+            text="this is a WebSocket URL: connect with 'Upgrade: websocket', or POST frames\n"
+        )
+    hub = request.app[HUB]
+    channel = open_channel(request, camera)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        hub.release(channel)
+        raise
     session = PublisherSession(ws, channel, peer(request))
     log.info("camera %s: publisher %s connected", channel.camera, session.peer)
-    hub = request.app[HUB]
     with hub.track(session):
         channel.attach_publisher(session)
         try:
@@ -204,19 +237,27 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
 
 
 async def publish_post(request: web.Request) -> web.Response:
-    """`POST /cameras/{camera}/publish`: one JPEG in the body."""
+    """`POST /cameras/{camera}/publish`: one JPEG in the body.
+
+    One publisher per camera: while a WebSocket publisher holds the camera, or another
+    address has POSTed to it within `--offline-after` seconds, the answer is 409.
+    """
     camera = camera_id(request)
     settings = request.app[SETTINGS]
     request.app[AUTH].check_publish(request, camera)
     limit = settings.max_frame_bytes
+    source = peer(request)
     try:
-        if request.content_length is not None:
-            check_size(request.content_length, limit)  # before reading the body
-        data = await request.read()  # client_max_size bounds chunked bodies too
-        validate_frame(data, limit)
+        data = validate_frame(await read_frame(request, limit), limit)
     except FrameRejected as exc:
-        log.warning("camera %s: POST from %s rejected: %s", camera, peer(request), exc.reason)
-        return web.Response(status=exc.http_status, text=exc.reason + "\n")
+        log.warning("camera %s: POST from %s rejected: %s", camera, source, exc.reason)
+        response = web.Response(status=exc.http_status, text=exc.reason + "\n")
+        response.force_close()  # the rest of a refused body is not worth reading
+        return response
     channel = open_channel(request, camera)
+    holder = channel.claim_for_post(source, settings.offline_after)
+    if holder is not None:
+        log.info("camera %s: POST from %s refused: the camera is held by %s", camera, source, holder)
+        return web.Response(status=409, text=f"camera {camera!r} is held by another publisher ({holder})\n")
     channel.publish(data)
     return web.Response(status=204)

@@ -7,7 +7,9 @@ import logging
 
 from aiohttp import web
 
-from .app_keys import AUTH, BOUNDARY, HUB, SETTINGS
+from .app_keys import AUTH, BOUNDARY, HUB, LIMITS, SETTINGS
+from .channel import Channel
+from .clients import client_of
 from .frame import Frame
 from .params import camera_id, peer
 from .writer import FrameWriter
@@ -52,6 +54,15 @@ async def view_mjpeg(request: web.Request) -> web.StreamResponse:
     channel = hub.channel(camera)
     if channel is None or not channel.seen:
         raise web.HTTPNotFound(text=f"camera {camera!r} has never published\n")
+    ticket = request.app[LIMITS].admit_viewer(client_of(request), camera, channel.viewer_count, None)
+    try:
+        return await _stream(request, channel, fps)
+    finally:
+        ticket()
+
+
+async def _stream(request: web.Request, channel: Channel, fps: float) -> web.StreamResponse:
+    camera = channel.camera
     settings = request.app[SETTINGS]
     boundary = request.app[BOUNDARY]
     response = web.StreamResponse(
@@ -87,7 +98,7 @@ async def view_mjpeg(request: web.Request) -> web.StreamResponse:
     )
     session = MjpegSession(writer)
     log.debug("camera %s: viewer %s connected (mjpeg)", camera, writer.peer)
-    with hub.track(session):
+    with request.app[HUB].track(session):
         channel.add_viewer(writer)
         try:
             # The channel writes the frames; this handler only waits for the end. A client

@@ -7,7 +7,7 @@ import logging
 from aiohttp import web
 
 from .app import create_app
-from .app_keys import SETTINGS
+from .app_keys import LIMITS, SETTINGS
 from .auth import RedactingAccessLogger
 from .config import Settings
 
@@ -41,6 +41,8 @@ class BrokerServer:
     async def start(self) -> None:
         """Bind and start serving."""
         await self._runner.setup()
+        assert self._runner.server is not None
+        self.app[LIMITS].attach(self._runner.server)
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
         await site.start()
 

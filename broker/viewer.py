@@ -9,10 +9,12 @@ from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
-from .app_keys import AUTH, HUB, SETTINGS
+from .app_keys import AUTH, HUB, LIMITS, SETTINGS
+from .channel import Channel
+from .clients import client_of
 from .frame import Frame
-from .hub import TooManyCameras
 from .params import camera_id, peer, require_websocket_13
+from .websocket import StrictWebSocket
 from .writer import FrameWriter
 
 __all__ = ["ViewerSession", "view_ws"]
@@ -32,7 +34,7 @@ def spread_heartbeat(interval: float) -> float:
     return interval * random.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)
 
 
-class ViewerWebSocket(web.WebSocketResponse):
+class ViewerWebSocket(StrictWebSocket):
     """A viewer's WebSocket: once it starts closing, its FrameWriter writes nothing more.
 
     Every close, whether ours, the peer's (answered automatically) or after a protocol
@@ -82,10 +84,6 @@ async def view_ws(request: web.Request) -> web.WebSocketResponse:
     require_websocket_13(request)
     settings = request.app[SETTINGS]
     hub = request.app[HUB]
-    try:
-        channel = hub.open_channel(camera)
-    except TooManyCameras as exc:
-        raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
     with_header = request.query.get("header", "0").lower() in ("1", "true", "yes")
     ws = ViewerWebSocket(
         heartbeat=spread_heartbeat(settings.heartbeat),
@@ -93,6 +91,28 @@ async def view_ws(request: web.Request) -> web.WebSocketResponse:
         max_msg_size=VIEWER_MAX_MESSAGE,
         timeout=settings.shutdown_timeout,
     )
+    if not ws.can_prepare(request).ok:
+        raise web.HTTPBadRequest(text="this is a WebSocket URL: connect with 'Upgrade: websocket'\n")
+    channel = hub.channel_for_viewer(camera)
+    try:
+        ticket = request.app[LIMITS].admit_viewer(
+            client_of(request), camera, channel.viewer_count, None if channel.seen else hub.waiting_viewers()
+        )
+    except web.HTTPException:
+        hub.release(channel)
+        raise
+    try:
+        return await _serve(request, ws, channel, with_header)
+    finally:
+        ticket()
+        hub.release(channel)
+
+
+async def _serve(
+    request: web.Request, ws: ViewerWebSocket, channel: Channel, with_header: bool
+) -> web.WebSocketResponse:
+    settings = request.app[SETTINGS]
+    camera = channel.camera
     stream = await ws.prepare(request)
     assert request.transport is not None  # prepare() raises if the connection is gone
     writer = FrameWriter(
@@ -107,7 +127,7 @@ async def view_ws(request: web.Request) -> web.WebSocketResponse:
     ws.writer = writer
     session = ViewerSession(ws, writer)
     log.debug("camera %s: viewer %s connected (ws)", camera, writer.peer)
-    with hub.track(session):
+    with request.app[HUB].track(session):
         channel.add_viewer(writer)
         try:
             async for msg in ws:
@@ -119,7 +139,6 @@ async def view_ws(request: web.Request) -> web.WebSocketResponse:
         finally:
             writer.close()
             channel.remove_viewer(writer)
-            hub.release(channel)
             log.debug(
                 "camera %s: viewer %s left after %d frames (%d skipped)",
                 camera,

@@ -1,0 +1,202 @@
+"""Caps that no client may exhaust: viewers (whole broker, per camera, per address) and descriptors.
+
+Checked once per connection, before any upgrade or stream byte; refusals are 503 (the broker
+or the camera is full) or 429 (this address has enough), with Retry-After, and are logged at
+most once a minute per reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+
+from .clients import Client
+from .config import Settings
+from .lograte import LogLimiter
+
+__all__ = ["Limits", "ViewerTicket"]
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER = "10"  # seconds: long enough to matter, short enough for a viewer page to come back
+
+
+def open_file_limit() -> int:
+    """The soft limit on open descriptors (the CLI raises it to the hard limit at start)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 8192
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def descriptors_in_use() -> int:
+    """Descriptors open now; a fair guess where /proc is missing."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 64
+
+
+ViewerTicket = Callable[[], None]  # call once when the viewer leaves
+
+
+class Limits:
+    """Counts connections and viewers and says no before a cap is passed."""
+
+    def __init__(self, settings: Settings, exempt: Sequence[str] = ()) -> None:
+        self._settings = settings
+        self._exempt = tuple(ipaddress.ip_network(net, strict=False) for net in exempt)
+        self._fd_limit = open_file_limit()
+        self._fd_baseline = descriptors_in_use()
+        self.viewers = 0
+        self.connections = 0
+        self._viewers_per_address: Counter[str] = Counter()
+        self._connections_per_peer: Counter[str] = Counter()
+        self._peers: dict[web.RequestHandler, str] = {}
+        self._refusals = LogLimiter(log)
+
+    # -- viewers ---------------------------------------------------------------------
+
+    def admit_viewer(
+        self, client: Client, camera: str, camera_viewers: int, waiting: int | None
+    ) -> ViewerTicket:
+        """Count a new viewer of `camera`, or raise 429/503; the ticket undoes the count.
+
+        `waiting`: None for a camera that has published, else how many viewers wait for
+        cameras that never have.
+        """
+        settings = self._settings
+        address = client.address
+        limited = not self._is_exempt(address)
+        if limited and self._viewers_per_address[address] >= settings.max_connections_per_ip:
+            self._refuse(
+                "address",
+                f"too many viewers from {address} (max_connections_per_ip={settings.max_connections_per_ip})",
+                web.HTTPTooManyRequests,
+            )
+        if self.viewers >= settings.max_viewers:
+            self._refuse("broker", f"the broker is full (max_viewers={settings.max_viewers})")
+        if self._descriptors_left() < 2 + settings.descriptor_reserve:
+            self._refuse("descriptors", "the broker is full (it is close to its limit of open files)")
+        if camera_viewers >= settings.max_viewers_per_camera:
+            self._refuse(
+                "camera",
+                f"camera {camera!r} is full (max_viewers_per_camera={settings.max_viewers_per_camera})",
+            )
+        if waiting is not None and waiting >= settings.max_waiting_viewers:
+            self._refuse(
+                "waiting",
+                f"too many viewers wait for cameras that never published (max_waiting_viewers="
+                f"{settings.max_waiting_viewers})",
+            )
+        self.viewers += 1
+        if limited:
+            self._viewers_per_address[address] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.viewers -= 1
+            if limited:
+                self._viewers_per_address[address] -= 1
+                if not self._viewers_per_address[address]:
+                    del self._viewers_per_address[address]
+
+        return release
+
+    # -- connections -----------------------------------------------------------------
+
+    def attach(self, server: web.Server) -> None:
+        """Count `server`'s connections and refuse those past a cap as soon as they are accepted.
+
+        aiohttp has no hook at accept time, so this wraps the two calls its connection
+        handlers make to their server; a refused connection gets a short HTTP answer and
+        is closed before any request is read.
+        """
+        opened, closed = server.connection_made, server.connection_lost
+
+        def connection_made(handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+            opened(handler, transport)
+            refusal = self._open_connection(handler, transport)
+            if refusal is not None:
+                transport.write(refusal)
+                # Not now: the handler starts its request task right after this call, and
+                # a connection lost before that task runs trips aiohttp's assertions.
+                asyncio.get_running_loop().call_soon(transport.close)
+
+        def connection_lost(handler: web.RequestHandler, exc: BaseException | None = None) -> None:
+            self._close_connection(handler)
+            closed(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    def _open_connection(self, handler: web.RequestHandler, transport: asyncio.Transport) -> bytes | None:
+        peer = _peer(transport)
+        self._peers[handler] = peer
+        self.connections += 1
+        self._connections_per_peer[peer] += 1
+        # Publishers and short requests may use half the reserve; viewers stop before it.
+        if self._descriptors_left() < self._settings.descriptor_reserve // 2:
+            self._refusals.warning("connections", "refusing connections: close to the limit of open files")
+            return _raw_refusal(503, "the broker is full (it is close to its limit of open files)")
+        limit = self._settings.max_connections_per_ip
+        if not self._is_exempt(peer) and self._connections_per_peer[peer] > limit:
+            self._refusals.warning(
+                "peer", "refusing connections from %s: more than max_connections_per_ip=%d", peer, limit
+            )
+            return _raw_refusal(429, f"too many connections from {peer} (max_connections_per_ip={limit})")
+        return None
+
+    def _close_connection(self, handler: web.RequestHandler) -> None:
+        peer = self._peers.pop(handler, None)
+        if peer is None:
+            return
+        self.connections -= 1
+        self._connections_per_peer[peer] -= 1
+        if not self._connections_per_peer[peer]:
+            del self._connections_per_peer[peer]
+
+    # -- internals -------------------------------------------------------------------
+
+    def _descriptors_left(self) -> int:
+        # Each connection holds one descriptor, each viewer one more (the writer's own).
+        return self._fd_limit - self._fd_baseline - self.connections - self.viewers
+
+    def _is_exempt(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return True  # "unknown": a Unix socket or a test transport, not a remote client
+        return ip.is_loopback or any(ip in network for network in self._exempt)
+
+    def _refuse(
+        self, reason: str, text: str, kind: type[web.HTTPException] = web.HTTPServiceUnavailable
+    ) -> None:
+        self._refusals.warning(reason, "refusing viewers: %s", text)
+        raise kind(text=text + "; try again later\n", headers={"Retry-After": RETRY_AFTER})
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peername = transport.get_extra_info("peername")
+    return str(peername[0]) if isinstance(peername, tuple | list) and peername else "unknown"
+
+
+def _raw_refusal(status: int, text: str) -> bytes:
+    reason = {429: "Too Many Requests", 503: "Service Unavailable"}[status]
+    body = (text + "; try again later\n").encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER}\r\nConnection: close\r\n\r\n"
+    ).encode() + body

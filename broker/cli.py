@@ -14,9 +14,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from framebroker_common.logs import configure_logging
+
 from . import __version__
 from .config import ConfigError, Settings, env_name, parse_value, settings_from_env
-from .logs import configure_logging
 from .params import CAMERA_ID
 from .passwords import hash_password
 from .server import BrokerServer

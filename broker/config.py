@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from framebroker_common.logs import LOG_FORMATS, LOG_LEVELS
+
 __all__ = [
     "ENV_PREFIX",
     "ConfigError",
@@ -23,8 +25,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "FRAMEBROKER_"
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("text", "json")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 

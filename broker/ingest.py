@@ -70,6 +70,8 @@ class PublisherSession:
         self.ws = ws
         self.channel = channel
         self.peer = peer
+        # Fields of every log line about this publisher (keys of their own in JSON logs).
+        self.log_context = {"camera": channel.camera, "peer": peer}
         self._viewers = 0
         self._viewers_changed = asyncio.Event()
         self._closing: asyncio.Task[bool] | None = None
@@ -81,7 +83,12 @@ class PublisherSession:
 
     def replaced(self) -> None:
         """Close with 4000: a newer publisher owns the camera now."""
-        log.info("camera %s: publisher %s replaced by a newer one", self.channel.camera, self.peer)
+        log.info(
+            "camera %s: publisher %s replaced by a newer one",
+            self.channel.camera,
+            self.peer,
+            extra=self.log_context,
+        )
         self._close_soon(CLOSE_REPLACED, "another publisher took over this camera")
 
     async def close_going_away(self) -> None:
@@ -133,9 +140,15 @@ class PublisherSession:
                 self.channel.camera,
                 self.peer,
                 self.channel.agent,
+                extra=self.log_context,
             )
         else:
-            log.debug("camera %s: ignoring control message %r", self.channel.camera, message["type"])
+            log.debug(
+                "camera %s: ignoring control message %r",
+                self.channel.camera,
+                message["type"],
+                extra=self.log_context,
+            )
 
     def _on_error(self, exc: BaseException) -> None:
         # aiohttp has already closed the socket with the matching code (1009 for a too-large
@@ -146,6 +159,7 @@ class PublisherSession:
             self.peer,
             exc,
             self.ws.close_code,
+            extra=self.log_context,
         )
 
     def _reject(self, code: int, reason: str) -> None:
@@ -155,6 +169,7 @@ class PublisherSession:
             self.peer,
             reason,
             code,
+            extra=self.log_context,
         )
         self._close_soon(code, reason)
 
@@ -186,7 +201,7 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
     )
     await ws.prepare(request)
     session = PublisherSession(ws, channel, peer(request))
-    log.info("camera %s: publisher %s connected", channel.camera, session.peer)
+    log.info("camera %s: publisher %s connected", channel.camera, session.peer, extra=session.log_context)
     hub = request.app[HUB]
     with hub.track(session):
         channel.attach_publisher(session)
@@ -199,6 +214,7 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
                 channel.camera,
                 session.peer,
                 ws.close_code,
+                extra=session.log_context,
             )
     return ws
 
@@ -215,7 +231,13 @@ async def publish_post(request: web.Request) -> web.Response:
         data = await request.read()  # client_max_size bounds chunked bodies too
         validate_frame(data, limit)
     except FrameRejected as exc:
-        log.warning("camera %s: POST from %s rejected: %s", camera, peer(request), exc.reason)
+        log.warning(
+            "camera %s: POST from %s rejected: %s",
+            camera,
+            peer(request),
+            exc.reason,
+            extra={"camera": camera, "peer": peer(request)},
+        )
         return web.Response(status=exc.http_status, text=exc.reason + "\n")
     channel = open_channel(request, camera)
     channel.publish(data)

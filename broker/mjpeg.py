@@ -86,7 +86,8 @@ async def view_mjpeg(request: web.Request) -> web.StreamResponse:
         min_interval=1.0 / fps if fps else 0.0,
     )
     session = MjpegSession(writer)
-    log.debug("camera %s: viewer %s connected (mjpeg)", camera, writer.peer)
+    context = {"camera": camera, "peer": writer.peer}
+    log.debug("camera %s: viewer %s connected (mjpeg)", camera, writer.peer, extra=context)
     with hub.track(session):
         channel.add_viewer(writer)
         try:
@@ -103,6 +104,7 @@ async def view_mjpeg(request: web.Request) -> web.StreamResponse:
                 camera,
                 writer.peer,
                 writer.frames_written,
+                extra=context,
             )
     if not transport.is_closing():
         await response.write_eof()

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
+from framebroker_common.logs import configure_logging
+
 from . import __version__
 from .agent import Agent
 from .config import OPTIONS, AgentConfig, ConfigError, load_config
@@ -64,10 +66,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         print(f"camera-agent: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format)
     return _run(_serve(config, sources))
 
 

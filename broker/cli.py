@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from framebroker_common.logs import configure_logging
+from framebroker_common.systemd import ServiceNotifier
 
 from . import __version__
 from .config import ConfigError, Settings, env_name, parse_value, settings_from_env
@@ -121,7 +122,10 @@ async def serve(settings: Settings) -> None:
         log.info("listening on every interface: use this machine's address in the URL")
     if settings.demo:
         log.info("demo camera: http://127.0.0.1:%d/#/cameras/demo", server.port)
+    systemd = ServiceNotifier()
+    systemd.ready(f"serving on port {server.port}")
     await stop.wait()
+    systemd.stopping()
     log.info("shutting down (at most %.1f s)", server.settings.shutdown_timeout)
     await server.stop()
     log.info("stopped")

@@ -34,6 +34,7 @@ GROUP_TITLES = {
     "access": "access (see README, Security)",
     "limits": "limits",
     "timeouts": "timeouts (seconds)",
+    "compat": "URLs of other camera servers",
     "other": "page, logging and demo",
 }
 

@@ -14,6 +14,7 @@ from typing import Any
 from framebroker_common.logs import LOG_FORMATS, LOG_LEVELS
 
 __all__ = [
+    "CAMERA_ID",
     "ENV_PREFIX",
     "ConfigError",
     "Settings",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 ENV_PREFIX = "FRAMEBROKER_"
+CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -181,6 +183,16 @@ class Settings:
         default=5.0, metadata=_help("how long a graceful shutdown may take", "timeouts")
     )
 
+    # URLs of other camera servers
+    default_camera: str = field(
+        default="",
+        metadata=_help(
+            "camera of the URLs that name none (/?action=stream, /stream, /snapshot); "
+            "empty = the only camera, when the broker has exactly one",
+            "compat",
+        ),
+    )
+
     # Paths and logging
     static_dir: Path = field(
         default_factory=default_static_dir,
@@ -217,6 +229,12 @@ class Settings:
         ):
             value = getattr(self, name)
             _check(value > 0, name, value, "> 0 seconds")
+        _check(
+            not self.default_camera or CAMERA_ID.fullmatch(self.default_camera) is not None,
+            "default_camera",
+            self.default_camera,
+            "empty or 1-64 characters from A-Z a-z 0-9 _ -",
+        )
         _check(self.log_level in LOG_LEVELS, "log_level", self.log_level, " or ".join(LOG_LEVELS))
         _check(self.log_format in LOG_FORMATS, "log_format", self.log_format, " or ".join(LOG_FORMATS))
         for proxy in self.trusted_proxies:

@@ -136,6 +136,32 @@ async def publisher(
     return ws
 
 
+class PartReader:
+    """Reads a multipart/x-mixed-replace body strictly, by Content-Length."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        content_type = resp.headers["Content-Type"]
+        assert content_type.startswith("multipart/x-mixed-replace; boundary=")
+        self.boundary = content_type.split("boundary=", 1)[1].encode()
+        self.content = resp.content
+        self.started = False
+
+    async def next_part(self, timeout: float = 5.0) -> bytes:
+        return await asyncio.wait_for(self._next_part(), timeout)
+
+    async def _next_part(self) -> bytes:
+        if not self.started:
+            assert await self.content.readuntil(b"\r\n") == b"--" + self.boundary + b"\r\n"
+            self.started = True
+        head = await self.content.readuntil(b"\r\n\r\n")
+        headers = dict(line.split(": ", 1) for line in head.decode().strip().split("\r\n"))
+        assert headers["Content-Type"] == "image/jpeg"
+        body = await self.content.readexactly(int(headers["Content-Length"]))
+        # The next boundary follows the frame at once (browsers show a part only then).
+        assert await self.content.readexactly(len(self.boundary) + 6) == b"\r\n--" + self.boundary + b"\r\n"
+        return body
+
+
 async def next_binary(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> bytes:
     """The next binary message, skipping JSON state messages."""
     while True:

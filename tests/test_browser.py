@@ -16,22 +16,10 @@ from tests.browser_support import (
     RED,
     STATIC_DIR,
     Camera,
-    Viewer,
     eventually,
 )
 
 VIEWER_SOCKET = re.compile(r"/cameras/[^/]+/ws")
-
-
-@pytest.fixture
-async def viewer(browser, start_broker):
-    # Depending on start_broker makes the page close before any broker stops, so that
-    # teardown cannot put connection errors on the console.
-    context = await browser.new_context(viewport={"width": 1100, "height": 700})
-    viewer = Viewer(await context.new_page())
-    yield viewer
-    await context.close()
-    assert viewer.unexpected_errors() == []
 
 
 @pytest.fixture

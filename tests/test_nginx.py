@@ -150,8 +150,15 @@ async def start_nginx(start_broker) -> AsyncIterator[StartNginx]:
 
 @pytest.fixture
 async def broker(start_broker) -> RunningBroker:
-    """A broker serving this checkout's page; with a quiet camera it sends nothing for a minute."""
-    return await start_broker(static_dir=STATIC_DIR, mjpeg_keepalive=60.0, offline_after=60.0)
+    """A broker as README sets it up behind nginx (trusting it, open to anyone: the tests have no
+    accounts) serving this checkout's page; with a quiet camera it sends nothing for a minute."""
+    return await start_broker(
+        static_dir=STATIC_DIR,
+        trusted_proxies=("127.0.0.1",),
+        public=True,
+        mjpeg_keepalive=60.0,
+        offline_after=60.0,
+    )
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
@@ -249,7 +256,8 @@ async def test_a_viewer_that_stops_reading_gets_the_newest_frames_through_nginx(
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", nginx.port))
         reader, writer = await asyncio.open_connection(sock=sock)
         try:
-            writer.write(b"GET /cameras/garden/mjpeg HTTP/1.0\r\nHost: cams.example.org\r\n\r\n")
+            request = f"GET /cameras/garden/mjpeg HTTP/1.0\r\nHost: 127.0.0.1:{nginx.port}\r\n\r\n"
+            writer.write(request.encode())
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             boundary = head.split(b"boundary=", 1)[1].split(b"\r\n", 1)[0]
             parts = PartReader.of_stream(reader, boundary)

@@ -220,7 +220,14 @@ class Authenticator:
         # name field must not end up in the log.
         who = f" for user {name!r}" if name is not None and name in self.policy.users else ""
         where = f" for camera {camera!r}" if camera else ""
-        log.info("client %s: wrong %s%s%s", client.address, what, who, where)
+        log.info(
+            "client %s: wrong %s%s%s",
+            client.address,
+            what,
+            who,
+            where,
+            extra={"peer": client.address, "camera": camera},
+        )
         self.throttle.failed(client.address, what)
 
 

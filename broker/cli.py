@@ -22,6 +22,7 @@ from .passwords import hash_password
 from .server import BrokerServer
 from .share import ShareLinks
 from .state import load_signing_key
+from .systemd import ServiceNotifier
 
 __all__ = ["build_parser", "main", "serve"]
 
@@ -32,6 +33,7 @@ GROUP_TITLES = {
     "access": "access (see README, Security)",
     "limits": "limits",
     "timeouts": "timeouts (seconds)",
+    "compat": "URLs of other camera servers",
     "other": "page, logging and demo",
 }
 
@@ -120,7 +122,10 @@ async def serve(settings: Settings) -> None:
         log.info("listening on every interface: use this machine's address in the URL")
     if settings.demo:
         log.info("demo camera: http://127.0.0.1:%d/#/cameras/demo", server.port)
+    systemd = ServiceNotifier()
+    systemd.ready(f"serving on port {server.port}")
     await stop.wait()
+    systemd.stopping()
     log.info("shutting down (at most %.1f s)", server.settings.shutdown_timeout)
     await server.stop()
     log.info("stopped")

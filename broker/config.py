@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .logs import LOG_FORMATS, LOG_LEVELS
+
 __all__ = [
+    "CAMERA_ID",
     "ENV_PREFIX",
     "ConfigError",
     "Settings",
@@ -23,8 +26,7 @@ __all__ = [
 ]
 
 ENV_PREFIX = "FRAMEBROKER_"
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("text", "json")
+CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -213,6 +215,16 @@ class Settings:
         metadata=_help("a camera nobody has published to or watched for this long is removed", "timeouts"),
     )
 
+    # URLs of other camera servers
+    default_camera: str = field(
+        default="",
+        metadata=_help(
+            "camera of the URLs that name none (/?action=stream, /stream, /snapshot); "
+            "empty = the only camera, when the broker has exactly one",
+            "compat",
+        ),
+    )
+
     # Paths and logging
     static_dir: Path = field(
         default_factory=default_static_dir,
@@ -258,6 +270,12 @@ class Settings:
         ):
             value = getattr(self, name)
             _check(value > 0, name, value, "> 0 seconds")
+        _check(
+            not self.default_camera or CAMERA_ID.fullmatch(self.default_camera) is not None,
+            "default_camera",
+            self.default_camera,
+            "empty or 1-64 characters from A-Z a-z 0-9 _ -",
+        )
         _check(self.log_level in LOG_LEVELS, "log_level", self.log_level, " or ".join(LOG_LEVELS))
         _check(self.log_format in LOG_FORMATS, "log_format", self.log_format, " or ".join(LOG_FORMATS))
         for proxy in self.trusted_proxies:

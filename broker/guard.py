@@ -81,6 +81,7 @@ def guard_middleware(settings: Settings) -> Middleware:
                 "client %s: refused: addressed to host %r, not one of --allowed-hosts",
                 client.address,
                 _shown(client.host),
+                extra={"peer": client.address},
             )
             raise web.HTTPMisdirectedRequest(
                 text="this broker does not answer to that host name (see --allowed-hosts)\n"
@@ -91,7 +92,12 @@ def guard_middleware(settings: Settings) -> Middleware:
             and _origin_matters(request)
             and not _origin_allowed(origin, client, allowed_origins)
         ):
-            log.info("client %s: refused a request from the web page of %r", client.address, _shown(origin))
+            log.info(
+                "client %s: refused a request from the web page of %r",
+                client.address,
+                _shown(origin),
+                extra={"peer": client.address},
+            )
             raise web.HTTPForbidden(
                 text="requests from another site's page are refused (see --allowed-origins)\n"
             )

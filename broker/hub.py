@@ -111,7 +111,7 @@ class Hub:
                 del self._channels[channel.camera]
                 continue
             if channel.refresh(now):
-                log.info("camera %s is offline", channel.camera)
+                log.info("camera %s is offline", channel.camera, extra={"camera": channel.camera})
                 latest = channel.latest
                 width, height = (latest.width, latest.height) if latest else (None, None)
                 frame = await asyncio.to_thread(

@@ -95,6 +95,8 @@ class PublisherSession:
         self.ws = ws
         self.channel = channel
         self.peer = peer
+        # Fields of every log line about this publisher (keys of their own in JSON logs).
+        self.log_context = {"camera": channel.camera, "peer": peer}
         self._viewers = 0
         self._viewers_changed = asyncio.Event()
         self._closing: asyncio.Task[bool] | None = None
@@ -106,7 +108,12 @@ class PublisherSession:
 
     def replaced(self) -> None:
         """Close with 4000: a newer publisher owns the camera now."""
-        log.info("camera %s: publisher %s replaced by a newer one", self.channel.camera, self.peer)
+        log.info(
+            "camera %s: publisher %s replaced by a newer one",
+            self.channel.camera,
+            self.peer,
+            extra=self.log_context,
+        )
         self._close_soon(CLOSE_REPLACED, "another publisher took over this camera")
 
     async def close_going_away(self) -> None:
@@ -158,9 +165,15 @@ class PublisherSession:
                 self.channel.camera,
                 self.peer,
                 self.channel.agent,
+                extra=self.log_context,
             )
         else:
-            log.debug("camera %s: ignoring control message %r", self.channel.camera, message["type"])
+            log.debug(
+                "camera %s: ignoring control message %r",
+                self.channel.camera,
+                message["type"],
+                extra=self.log_context,
+            )
 
     def _on_error(self, exc: BaseException) -> None:
         # aiohttp has already closed the socket with the matching code (1009 for a too-large
@@ -171,6 +184,7 @@ class PublisherSession:
             self.peer,
             exc,
             self.ws.close_code,
+            extra=self.log_context,
         )
 
     def _reject(self, code: int, reason: str) -> None:
@@ -180,6 +194,7 @@ class PublisherSession:
             self.peer,
             reason,
             code,
+            extra=self.log_context,
         )
         self._close_soon(code, reason)
 
@@ -220,7 +235,7 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
         hub.release(channel)
         raise
     session = PublisherSession(ws, channel, peer(request))
-    log.info("camera %s: publisher %s connected", channel.camera, session.peer)
+    log.info("camera %s: publisher %s connected", channel.camera, session.peer, extra=session.log_context)
     with hub.track(session):
         channel.attach_publisher(session)
         try:
@@ -232,6 +247,7 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
                 channel.camera,
                 session.peer,
                 ws.close_code,
+                extra=session.log_context,
             )
     return ws
 
@@ -250,14 +266,26 @@ async def publish_post(request: web.Request) -> web.Response:
     try:
         data = validate_frame(await read_frame(request, limit), limit)
     except FrameRejected as exc:
-        log.warning("camera %s: POST from %s rejected: %s", camera, source, exc.reason)
+        log.warning(
+            "camera %s: POST from %s rejected: %s",
+            camera,
+            source,
+            exc.reason,
+            extra={"camera": camera, "peer": source},
+        )
         response = web.Response(status=exc.http_status, text=exc.reason + "\n")
         response.force_close()  # the rest of a refused body is not worth reading
         return response
     channel = open_channel(request, camera)
     holder = channel.claim_for_post(source, settings.offline_after)
     if holder is not None:
-        log.info("camera %s: POST from %s refused: the camera is held by %s", camera, source, holder)
+        log.info(
+            "camera %s: POST from %s refused: the camera is held by %s",
+            camera,
+            source,
+            holder,
+            extra={"camera": camera, "peer": source},
+        )
         return web.Response(status=409, text=f"camera {camera!r} is held by another publisher ({holder})\n")
     channel.publish(data)
     return web.Response(status=204)

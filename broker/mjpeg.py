@@ -97,7 +97,8 @@ async def _stream(request: web.Request, channel: Channel, fps: float) -> web.Str
         min_interval=1.0 / fps if fps else 0.0,
     )
     session = MjpegSession(writer)
-    log.debug("camera %s: viewer %s connected (mjpeg)", camera, writer.peer)
+    context = {"camera": camera, "peer": writer.peer}
+    log.debug("camera %s: viewer %s connected (mjpeg)", camera, writer.peer, extra=context)
     with request.app[HUB].track(session):
         channel.add_viewer(writer)
         try:
@@ -114,6 +115,7 @@ async def _stream(request: web.Request, channel: Channel, fps: float) -> web.Str
                 camera,
                 writer.peer,
                 writer.frames_written,
+                extra=context,
             )
     if not transport.is_closing():
         await response.write_eof()

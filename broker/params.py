@@ -2,26 +2,47 @@
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
+from .app_keys import HUB, SETTINGS
 from .clients import client_of
+from .config import CAMERA_ID
 
-__all__ = ["CAMERA_ID", "camera_id", "peer", "require_websocket_13"]
-
-CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+__all__ = ["CAMERA_ID", "camera_id", "default_camera", "peer", "require_websocket_13"]
 
 
 def camera_id(request: web.Request) -> str:
-    """The `{camera}` path part, or 400 if it is not 1-64 of A-Z a-z 0-9 _ -."""
-    camera = request.match_info["camera"]
+    """The camera a request is about, or 400 if its id is not 1-64 of A-Z a-z 0-9 _ -.
+
+    That is the `{camera}` path part; URLs of other camera servers (compat.py) name no
+    camera in the path, so there it is `?camera=`, else the default camera.
+    """
+    camera = request.match_info.get("camera")
+    if camera is None:
+        camera = request.query.get("camera") or default_camera(request)
     if CAMERA_ID.fullmatch(camera) is None:
         shown = camera[:70].encode("unicode_escape").decode("ascii")
         raise web.HTTPBadRequest(
             text=f"invalid camera id {shown!r}: use 1-64 characters from A-Z a-z 0-9 _ -\n"
         )
     return camera
+
+
+def default_camera(request: web.Request) -> str:
+    """`--default-camera`, else the broker's only camera; 404 without cameras, 400 with several."""
+    configured = request.app[SETTINGS].default_camera
+    if configured:
+        return configured
+    cameras = [channel.camera for channel in request.app[HUB].cameras()]
+    if len(cameras) == 1:
+        return cameras[0]
+    if not cameras:
+        raise web.HTTPNotFound(text="no camera has published yet\n")
+    # No names here: this runs before the access check, for anyone who asks.
+    raise web.HTTPBadRequest(
+        text="the broker has several cameras: add camera=ID to the query "
+        "(GET /api/cameras lists those you may watch), or start it with --default-camera ID\n"
+    )
 
 
 def peer(request: web.Request) -> str:

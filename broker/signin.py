@@ -38,7 +38,7 @@ async def sign_in(request: web.Request) -> web.Response:
         samesite="Strict",
         secure=client.scheme == "https",
     )
-    log.info("client %s: user %r signed in", client.address, user.name)
+    log.info("client %s: user %r signed in", client.address, user.name, extra={"peer": client.address})
     return response
 
 
@@ -47,7 +47,12 @@ async def sign_out(request: web.Request) -> web.Response:
     principal = request.app[AUTH].session(request)
     if principal is not None and principal.session is not None:
         request.app[AUTH].sessions.revoke(principal.session)
-        log.info("client %s: user %r signed out", client_of(request).address, principal.name)
+        log.info(
+            "client %s: user %r signed out",
+            client_of(request).address,
+            principal.name,
+            extra={"peer": client_of(request).address},
+        )
     response = web.json_response({"user": None}, headers={"Cache-Control": "no-store"})
     response.del_cookie(COOKIE_NAME, path="/")
     return response

@@ -126,13 +126,14 @@ async def _serve(
     )
     ws.writer = writer
     session = ViewerSession(ws, writer)
-    log.debug("camera %s: viewer %s connected (ws)", camera, writer.peer)
+    context = {"camera": camera, "peer": writer.peer}
+    log.debug("camera %s: viewer %s connected (ws)", camera, writer.peer, extra=context)
     with request.app[HUB].track(session):
         channel.add_viewer(writer)
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.ERROR:
-                    log.info("camera %s: viewer %s: %s", camera, writer.peer, msg.data)
+                    log.info("camera %s: viewer %s: %s", camera, writer.peer, msg.data, extra=context)
             if session.closing is not None:
                 # Returning before the close handshake ends would drop TCP under the peer.
                 await asyncio.wait([session.closing])
@@ -145,5 +146,6 @@ async def _serve(
                 writer.peer,
                 writer.frames_written,
                 writer.frames_skipped,
+                extra=context,
             )
     return ws

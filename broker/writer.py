@@ -165,7 +165,9 @@ class FrameWriter:
 
     def abort(self, reason: str) -> None:
         """Drop the connection at once (a stalled peer would never let a clean close finish)."""
-        log.warning("viewer %s (%s) disconnected: %s", self.peer, self.kind, reason)
+        log.warning(
+            "viewer %s (%s) disconnected: %s", self.peer, self.kind, reason, extra={"peer": self.peer}
+        )
         self.close()
         self._transport.abort()
 
@@ -239,11 +241,16 @@ def _own_socket(transport: asyncio.Transport, sndbuf: int, peer: str) -> socket.
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     except OSError as exc:
-        log.warning("could not set SO_SNDBUF=%d for viewer %s: %s", sndbuf, peer, exc)
+        log.warning("could not set SO_SNDBUF=%d for viewer %s: %s", sndbuf, peer, exc, extra={"peer": peer})
     try:
         own = sock.dup()
     except OSError as exc:
-        log.warning("viewer %s: sending through the transport (no socket of our own: %s)", peer, exc)
+        log.warning(
+            "viewer %s: sending through the transport (no socket of our own: %s)",
+            peer,
+            exc,
+            extra={"peer": peer},
+        )
         return None
     own.setblocking(False)
     return own

@@ -45,7 +45,7 @@ class FailureLog:
 
     def __init__(
         self,
-        logger: logging.Logger,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         subject: str,
         *,
         repeat_after: float = 600.0,

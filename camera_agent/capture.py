@@ -45,7 +45,9 @@ class Capture:
         self._demand = demand
         self._stats = stats
         self._backoff = backoff
-        self._failures = FailureLog(log, f"camera {camera.id}: source {source.kind}")
+        # Every line about this camera carries it as a field (a key of its own in JSON logs).
+        self._log = logging.LoggerAdapter(log, {"camera": camera.id})
+        self._failures = FailureLog(self._log, f"camera {camera.id}: source {source.kind}")
         self._last_frame_at = 0.0
         self._frames_this_run = 0
 
@@ -55,7 +57,7 @@ class Capture:
             await self._demand.until_wanted()
             outcome, error = await self._run_source()
             if outcome is _Outcome.ENDED:
-                log.info("camera %s: source ended", self._camera.id)
+                self._log.info("camera %s: source ended", self._camera.id)
                 return
             if outcome in (_Outcome.FAILED, _Outcome.STALLED):
                 # A camera that keeps stalling is a failure like any other: log it once,
@@ -85,7 +87,7 @@ class Capture:
                 if running in done:
                     return self._finished(running)
                 if idle in done:
-                    log.info(
+                    self._log.info(
                         "camera %s: no viewers for %gs, closing the source",
                         self._camera.id,
                         self._camera.idle_grace,
@@ -105,7 +107,7 @@ class Capture:
         if isinstance(error, SourceError):
             return _Outcome.FAILED, str(error)
         # An unexpected exception is a bug: keep its traceback for the report.
-        log.error("camera %s: source crashed", self._camera.id, exc_info=error)
+        self._log.error("camera %s: source crashed", self._camera.id, exc_info=error)
         return _Outcome.FAILED, f"{type(error).__name__}: {error}"
 
     def _on_frame(self, jpeg: bytes) -> None:

@@ -12,6 +12,9 @@ import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
+from broker.logs import configure_logging
+from broker.systemd import ServiceNotifier
+
 from . import __version__
 from .agent import Agent
 from .config import OPTIONS, AgentConfig, ConfigError, load_config
@@ -64,24 +67,29 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         print(f"camera-agent: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format)
     return _run(_serve(config, sources))
 
 
 async def _serve(config: AgentConfig, sources: Mapping[str, FrameSource]) -> None:
     """Run the agent until it finishes or SIGINT/SIGTERM asks it to stop."""
     loop = asyncio.get_running_loop()
-    agent = asyncio.create_task(Agent(config, sources).run(), name="agent")
+    runner = Agent(config, sources)
+    agent = asyncio.create_task(runner.run(), name="agent")
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, agent.cancel)
+    systemd = ServiceNotifier()
+    started = asyncio.ensure_future(runner.started.wait())
     try:
+        await asyncio.wait({agent, started}, return_when=asyncio.FIRST_COMPLETED)
+        if started.done():
+            systemd.ready(f"publishing {len(config.cameras)} camera(s) to {config.broker.url}")
         await agent
     except asyncio.CancelledError:
         log.info("stopped")
     finally:
+        started.cancel()
+        systemd.stopping()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 

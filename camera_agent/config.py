@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from broker.logs import LOG_FORMATS, LOG_LEVELS
+
 __all__ = [
     "OPTIONS",
     "SOURCE_KINDS",
@@ -29,7 +31,6 @@ __all__ = [
 
 SOURCE_KINDS = ("picamera2", "opencv", "synthetic", "files")
 TRANSPORTS = ("ws", "http")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_PREFIX = "CAMERA_AGENT_"
 _CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _URL_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
@@ -94,6 +95,7 @@ class AgentConfig:
     broker: BrokerConfig
     cameras: tuple[CameraConfig, ...]
     log_level: str = "info"
+    log_format: str = "text"
     stats_interval: float = 60.0
 
 
@@ -233,6 +235,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="FILE"),
     Option("log_level", "agent", _choice(*LOG_LEVELS), "log level",
            metavar="{" + ",".join(LOG_LEVELS) + "}"),
+    Option("log_format", "agent", _choice(*LOG_FORMATS), "text, or json: one object per line",
+           metavar="{" + ",".join(LOG_FORMATS) + "}"),
     Option("stats_interval", "agent", _number(float, 0.0, 86400.0),
            "seconds between stats lines (0: none)", metavar="SECONDS"),
     # Broker

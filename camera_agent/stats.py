@@ -41,7 +41,9 @@ class StatsReporter:
             await asyncio.sleep(self._interval)
             now = time.monotonic()
             for camera, stats in self._stats.items():
-                log.info("%s", self.line(camera, stats, last[camera], now - last_at))
+                log.info(
+                    "%s", self.line(camera, stats, last[camera], now - last_at), extra={"camera": camera}
+                )
                 last[camera] = replace(stats)
             last_at = now
 

@@ -82,7 +82,9 @@ class _Sender:
         self._stats = stats
         self._headers = {"Authorization": f"Bearer {broker.token}", "User-Agent": AGENT}
         self._backoff = Backoff(broker.backoff_initial, broker.backoff_max)
-        self._failures = FailureLog(log, f"camera {camera.id}")
+        # Every line about this camera carries it as a field (a key of its own in JSON logs).
+        self._log = logging.LoggerAdapter(log, {"camera": camera.id})
+        self._failures = FailureLog(self._log, f"camera {camera.id}")
         self._oversize_logged_at: float | None = None
         self._oversize = 0
 
@@ -99,7 +101,7 @@ class _Sender:
         now = time.monotonic()
         # One line a minute at most: a camera set too large would otherwise log per frame.
         if self._oversize_logged_at is None or now - self._oversize_logged_at >= 60:
-            log.warning(
+            self._log.warning(
                 "camera %s: dropped %d frame(s) larger than --max-frame-bytes %d (last: %d bytes)",
                 self._camera.id,
                 self._oversize,
@@ -177,7 +179,7 @@ class WebSocketUplink(_Sender):
             await self._on_connected(ws)
             await self._publish(ws)
         except (aiohttp.ClientError, OSError) as exc:
-            log.debug("camera %s: connection error: %r", self._camera.id, exc)
+            self._log.debug("camera %s: connection error: %r", self._camera.id, exc)
         finally:
             if self._confirm is not None:
                 self._confirm.cancel()
@@ -245,12 +247,12 @@ class WebSocketUplink(_Sender):
         try:
             message = json.loads(text)
         except ValueError:
-            log.debug("camera %s: ignored a non-JSON message", self._camera.id)
+            self._log.debug("camera %s: ignored a non-JSON message", self._camera.id)
             return
         if isinstance(message, dict) and message.get("type") == "viewers":
             count = message.get("count")
             if isinstance(count, int) and not isinstance(count, bool):
-                log.debug("camera %s: %d viewer(s)", self._camera.id, count)
+                self._log.debug("camera %s: %d viewer(s)", self._camera.id, count)
                 self._demand.set(count)
 
 
@@ -302,7 +304,7 @@ class HttpUplink(_Sender):
         elif status in (413, 415):
             self._stats.dropped += 1
             reason = "too large" if status == 413 else "not a complete JPEG"
-            log.error("camera %s: the broker rejected a frame as %s", self._camera.id, reason)
+            self._log.error("camera %s: the broker rejected a frame as %s", self._camera.id, reason)
         else:
             await self._retry(f"the broker answered HTTP {status}", logging.WARNING)
 

@@ -1,4 +1,7 @@
-/** The broker's HTTP surface, as the page uses it (README, "Protocol"). */
+/**
+ * The broker's HTTP surface, as the page uses it (README, "Protocol"). Every URL is
+ * relative to the page, so the page works under a proxy's path prefix (`/cams/`) too.
+ */
 
 export const CAMERA_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -20,7 +23,7 @@ function withShare(path) {
 
 /** Every URL the page needs for one camera. */
 export function cameraUrls(cameraId) {
-  const base = `/cameras/${encodeURIComponent(cameraId)}`;
+  const base = `cameras/${encodeURIComponent(cameraId)}`;
   const ws = new URL(withShare(`${base}/ws?header=1`));
   ws.protocol = ws.protocol === 'https:' ? 'wss:' : 'ws:';
   return {
@@ -41,13 +44,13 @@ async function check(response) {
 
 /** The cameras this visitor may watch, sorted by id; throws when the broker cannot be reached. */
 export async function fetchCameras() {
-  const response = await check(await fetch(withShare('/api/cameras'), { cache: 'no-store' }));
+  const response = await check(await fetch(withShare('api/cameras'), { cache: 'no-store' }));
   return (await response.json()).cameras;
 }
 
 /** Who the page acts for: `{user, via, camera, sign_in}` (via: session, basic, share or none). */
 export async function fetchSession() {
-  const response = await check(await fetch(withShare('/api/session'), { cache: 'no-store' }));
+  const response = await check(await fetch(withShare('api/session'), { cache: 'no-store' }));
   return response.json();
 }
 
@@ -56,7 +59,7 @@ export async function fetchSession() {
  * message to show (wrong password, too many attempts).
  */
 export async function signIn(username, password) {
-  const response = await fetch('/login', {
+  const response = await fetch('login', {
     method: 'POST',
     body: new URLSearchParams({ username, password }),
     cache: 'no-store',
@@ -71,7 +74,7 @@ export async function signIn(username, password) {
 
 /** Ends the session on the broker and drops the cookie. */
 export async function signOut() {
-  await fetch('/logout', { method: 'POST', cache: 'no-store' });
+  await fetch('logout', { method: 'POST', cache: 'no-store' });
 }
 
 /**
@@ -81,7 +84,7 @@ export async function signOut() {
  */
 export async function brokerReachable() {
   try {
-    const response = await fetch('/healthz', {
+    const response = await fetch('healthz', {
       cache: 'no-store',
       signal: AbortSignal.timeout(3000),
     });

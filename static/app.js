@@ -56,7 +56,9 @@ function showView() {
   if (cameraId === null) {
     showGrid();
   } else if (CAMERA_ID.test(cameraId)) {
-    showCamera(cameraId);
+    // Until the camera list arrives the view stays empty: it decides between the
+    // camera and a note that no such camera exists (applyCameras).
+    if (cameras !== null) showCamera(cameraId);
   } else {
     showInvalid(cameraId);
   }
@@ -77,9 +79,41 @@ function showGrid() {
 }
 
 function showCamera(cameraId) {
+  if (!cameras.some(({ id }) => id === cameraId)) {
+    showMissing(cameraId);
+    return;
+  }
   document.title = `${cameraId} · framebroker`;
   const tile = addTile(cameraId, { large: true });
   view.append(element('a', { className: 'back', href: '#/', textContent: '← All cameras' }), tile.element);
+}
+
+/** A link to a camera the broker does not have: say so, and offer the ones it has. */
+function showMissing(cameraId) {
+  document.title = 'No such camera · framebroker';
+  const section = element('section', { className: 'missing' });
+  section.dataset.cameras = cameras.map(({ id }) => id).join(' ');
+  const heading = element('h1', { tabIndex: -1, textContent: `No camera “${cameraId}”` });
+  const list = element('ul', { className: 'camera-list' });
+  list.append(
+    ...cameras.map(({ id }) => {
+      const item = element('li');
+      item.append(element('a', { href: cameraUrls(id).page, textContent: id }));
+      return item;
+    }),
+  );
+  section.append(
+    heading,
+    element('p', {
+      className: 'empty',
+      textContent: cameras.length
+        ? `This broker has no camera called “${cameraId}”. Its cameras:`
+        : `This broker has no camera called “${cameraId}”, and no other camera yet.`,
+    }),
+  );
+  if (cameras.length) section.append(list);
+  section.append(element('a', { href: '#/', textContent: 'Show all cameras' }));
+  view.append(section);
 }
 
 function showInvalid(cameraId) {
@@ -182,6 +216,17 @@ function addTile(cameraId, options) {
 /** Brings the nav, the grid and the tiles' online state up to date with `cameras`. */
 function applyCameras() {
   if (cameras === null) return;
+  const routed = routeCamera();
+  if (routed !== null && CAMERA_ID.test(routed)) {
+    // The first list for a camera view, or a change to the cameras a "no such camera"
+    // note lists (the camera may have just arrived): draw the view again.
+    const missing = view.querySelector('.missing');
+    const ids = cameras.map(({ id }) => id).join(' ');
+    if (view.childElementCount === 0 || (missing && missing.dataset.cameras !== ids)) {
+      showView();
+      return;
+    }
+  }
   const grid = view.querySelector('.grid');
   if (grid) syncGrid(grid);
   for (const camera of cameras) {
@@ -272,7 +317,7 @@ window.addEventListener('hashchange', (event) => {
   // Move focus to what just opened, or back to the tile the user came from.
   const [tile] = tiles.values();
   if (routeCamera() !== null) {
-    tile?.focus();
+    (tile ?? view.querySelector('.missing h1'))?.focus();
   } else if (left !== null) {
     tiles.get(left)?.focus();
   }

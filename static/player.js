@@ -176,7 +176,7 @@ export class Player extends EventTarget {
     if (feed.element) {
       this.#feedElement = feed.element;
       feed.element.alt = `Live picture from ${this.cameraId}`;
-      this.#media.append(feed.element);
+      this.#canvas.after(feed.element); // under the badge and the stats, like the canvas
     }
     this.#canvas.hidden = Boolean(feed.element);
     this.#later(CONNECT_TIMEOUT_MS, () => this.state === 'connecting' && this.#ended(mode, false));

@@ -16,9 +16,12 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from broker.config import Settings
 from broker.server import BrokerServer
+
+from .browser_support import CHROMIUM, CHROMIUM_ARGS, Viewer
 
 TOKEN = "test-token-0123456789"
 
@@ -136,6 +139,39 @@ async def publisher(
     return ws
 
 
+class PartReader:
+    """Reads a multipart/x-mixed-replace body strictly, by Content-Length."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        content_type = resp.headers["Content-Type"]
+        assert content_type.startswith("multipart/x-mixed-replace; boundary=")
+        self.boundary = content_type.split("boundary=", 1)[1].encode()
+        self.content: aiohttp.StreamReader | asyncio.StreamReader = resp.content
+        self.started = False
+
+    @classmethod
+    def of_stream(cls, content: asyncio.StreamReader, boundary: bytes) -> PartReader:
+        """A reader for a body read off a plain socket, past the response's headers."""
+        reader = cls.__new__(cls)
+        reader.boundary, reader.content, reader.started = boundary, content, False
+        return reader
+
+    async def next_part(self, timeout: float = 5.0) -> bytes:
+        return await asyncio.wait_for(self._next_part(), timeout)
+
+    async def _next_part(self) -> bytes:
+        if not self.started:
+            assert await self.content.readuntil(b"\r\n") == b"--" + self.boundary + b"\r\n"
+            self.started = True
+        head = await self.content.readuntil(b"\r\n\r\n")
+        headers = dict(line.split(": ", 1) for line in head.decode().strip().split("\r\n"))
+        assert headers["Content-Type"] == "image/jpeg"
+        body = await self.content.readexactly(int(headers["Content-Length"]))
+        # The next boundary follows the frame at once (browsers show a part only then).
+        assert await self.content.readexactly(len(self.boundary) + 6) == b"\r\n--" + self.boundary + b"\r\n"
+        return body
+
+
 async def next_binary(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> bytes:
     """The next binary message, skipping JSON state messages."""
     while True:
@@ -204,20 +240,26 @@ async def run_broker(tmp_path: Any) -> AsyncIterator[Callable[..., Awaitable[Bro
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    """Debian's Chromium, headless, through Playwright (skipped where it is not installed)."""
-    from pathlib import Path
-
-    from playwright.async_api import async_playwright
-
-    from .browser_support import CHROMIUM, CHROMIUM_ARGS
-
-    if not Path(CHROMIUM).exists():
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, driven by Playwright (never a downloaded browser)."""
+    if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} not found: the browser tests need Debian's chromium package")
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         await browser.close()
+
+
+@pytest.fixture
+async def viewer(browser: Browser, start_broker: StartBroker) -> AsyncIterator[Viewer]:
+    """A page in a fresh browser context; the test fails if it logged unexpected errors."""
+    # Depending on start_broker makes the page close before any broker stops, so that
+    # teardown cannot put connection errors on the console.
+    context = await browser.new_context(viewport={"width": 1100, "height": 700})
+    viewer = Viewer(await context.new_page())
+    yield viewer
+    await context.close()
+    assert viewer.unexpected_errors() == []
 
 
 @pytest.fixture(autouse=True)

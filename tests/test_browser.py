@@ -16,22 +16,10 @@ from tests.browser_support import (
     RED,
     STATIC_DIR,
     Camera,
-    Viewer,
     eventually,
 )
 
 VIEWER_SOCKET = re.compile(r"/cameras/[^/]+/ws")
-
-
-@pytest.fixture
-async def viewer(browser, start_broker):
-    # Depending on start_broker makes the page close before any broker stops, so that
-    # teardown cannot put connection errors on the console.
-    context = await browser.new_context(viewport={"width": 1100, "height": 700})
-    viewer = Viewer(await context.new_page())
-    yield viewer
-    await context.close()
-    assert viewer.unexpected_errors() == []
 
 
 @pytest.fixture
@@ -201,6 +189,59 @@ async def test_offline_camera_is_shown_offline(start_broker, viewer, http):
         await viewer.wait_tile("garden", online="true")
         await viewer.wait_canvas_colour("garden", GREEN)
         assert await page.is_hidden(f"{tile} .badge")
+
+
+async def test_offline_badge_stays_clear_of_the_stats_on_a_400_px_tile(start_broker, viewer, http):
+    """On a 400 px tile the OFFLINE badge and the stats box do not overlap, and the
+    connection dot of an offline camera is red, not green; back online it is green again."""
+    broker = await start_broker(static_dir=STATIC_DIR, offline_after=0.5)
+    page = viewer.page
+    await page.set_viewport_size({"width": 432, "height": 700})  # 400 px of tile, 16 px padding each side
+    tile = viewer.tile("garden")
+    dot = f"{tile} [data-field='connection']"
+    dot_colour = "el => getComputedStyle(el, '::before').backgroundColor"
+    async with Camera(http, broker, "garden", RED):
+        await page.goto(broker.url("/"))
+        await viewer.wait_tile("garden", state="live", online="true", frames="1")
+        assert (await page.locator(tile).bounding_box())["width"] == 400
+        assert await page.eval_on_selector(dot, dot_colour) == "rgb(76, 195, 138)"  # --online
+
+    await viewer.wait_tile("garden", state="live", online="false")
+    await expect(page.locator(f"{tile} .stats")).to_contain_text("old")
+    badge = await page.locator(f"{tile} .badge").bounding_box()
+    stats = await page.locator(f"{tile} .stats").bounding_box()
+    media = await page.locator(f"{tile} .media").bounding_box()
+    assert badge["x"] + badge["width"] <= stats["x"], (badge, stats)
+    assert stats["x"] + stats["width"] <= media["x"] + media["width"] + 0.5
+    assert await page.eval_on_selector(dot, dot_colour) == "rgb(198, 40, 40)"  # --offline
+    await viewer.screenshot("offline-400px.png")
+
+
+async def test_link_to_a_missing_camera_says_so_and_lists_the_cameras(broker, viewer, http):
+    """`#/cameras/nope` says that no such camera exists and links to the ones that do,
+    opening no stream; once a camera of that name publishes, it is shown."""
+    page = viewer.page
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    async with Camera(http, broker, "garden", RED), Camera(http, broker, "yard", BLUE):
+        await page.goto(camera_page(broker, "nope"))
+        heading = page.locator("main h1")
+        await expect(heading).to_have_text("No camera “nope”")
+        await expect(page.locator("main .missing")).to_contain_text("This broker has no camera called")
+        links = page.locator("main .camera-list a")
+        await expect(links).to_have_text(["garden", "yard"])
+        assert await page.title() == "No such camera · framebroker"
+        assert await page.locator(".tile").count() == 0
+        await viewer.screenshot("no-such-camera.png")
+
+        await links.nth(1).click()
+        await page.wait_for_url(re.compile(r"#/cameras/yard$"))
+        await viewer.wait_canvas_colour("yard", BLUE)
+        await page.go_back()
+        await expect(heading).to_have_text(re.compile("^No camera"))
+        assert not any("/cameras/nope/" in url for url in sockets), sockets
+        async with Camera(http, broker, "nope", GREEN):
+            await viewer.wait_canvas_colour("nope", GREEN)  # within a refresh of the camera list
 
 
 async def test_recovers_after_broker_restart(start_broker, viewer, http):

@@ -5,38 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 import cv2
 import numpy as np
 import pytest
 
-from .conftest import make_jpeg, publisher
-
-
-class PartReader:
-    """Reads a multipart/x-mixed-replace body strictly, by Content-Length."""
-
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        content_type = resp.headers["Content-Type"]
-        assert content_type.startswith("multipart/x-mixed-replace; boundary=")
-        self.boundary = content_type.split("boundary=", 1)[1].encode()
-        self.content = resp.content
-        self.started = False
-
-    async def next_part(self, timeout: float = 5.0) -> bytes:
-        return await asyncio.wait_for(self._next_part(), timeout)
-
-    async def _next_part(self) -> bytes:
-        if not self.started:
-            assert await self.content.readuntil(b"\r\n") == b"--" + self.boundary + b"\r\n"
-            self.started = True
-        head = await self.content.readuntil(b"\r\n\r\n")
-        headers = dict(line.split(": ", 1) for line in head.decode().strip().split("\r\n"))
-        assert headers["Content-Type"] == "image/jpeg"
-        body = await self.content.readexactly(int(headers["Content-Length"]))
-        # The next boundary follows the frame at once (browsers show a part only then).
-        assert await self.content.readexactly(len(self.boundary) + 6) == b"\r\n--" + self.boundary + b"\r\n"
-        return body
+from .conftest import PartReader, make_jpeg, publisher
 
 
 async def test_mjpeg_streams_cached_then_new_frames_byte_identical(broker, http):

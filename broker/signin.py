@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from .app_keys import AUTH
 from .clients import client_of
@@ -15,14 +17,28 @@ __all__ = ["session_info", "sign_in", "sign_out"]
 log = logging.getLogger(__name__)
 
 MAX_FORM_BYTES = 4096  # a user name and a password; nothing bigger is read
+# The page sends its own path, so that behind a proxy's prefix (/cams/) the cookie goes to
+# the broker only, not to the site's other applications.
+COOKIE_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+=:@%/-]{0,200}")
+
+
+async def _form(request: web.Request) -> MultiDictProxy[str | bytes | web.FileField]:
+    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_FORM_BYTES, actual_size=request.content_length)
+    if request.content_length is None and request.body_exists:
+        raise web.HTTPLengthRequired(text="send the form with a Content-Length\n")
+    return await request.post()
+
+
+def _cookie_path(form: MultiDictProxy[str | bytes | web.FileField]) -> str:
+    path = form.get("path")
+    return path if isinstance(path, str) and COOKIE_PATH.fullmatch(path) else "/"
 
 
 async def sign_in(request: web.Request) -> web.Response:
     """`POST /login` with `username` and `password` form fields: sets the session cookie."""
     auth = request.app[AUTH]
-    if request.content_length is None or request.content_length > MAX_FORM_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_FORM_BYTES, actual_size=request.content_length or 0)
-    form = await request.post()
+    form = await _form(request)
     name, password = form.get("username"), form.get("password")
     if not isinstance(name, str) or not isinstance(password, str) or not name:
         raise web.HTTPBadRequest(text="send the form fields 'username' and 'password'\n")
@@ -33,7 +49,7 @@ async def sign_in(request: web.Request) -> web.Response:
         COOKIE_NAME,
         auth.sessions.issue(user),
         max_age=int(auth.sessions.lifetime),
-        path="/",
+        path=_cookie_path(form),
         httponly=True,
         samesite="Strict",
         secure=client.scheme == "https",
@@ -44,6 +60,7 @@ async def sign_in(request: web.Request) -> web.Response:
 
 async def sign_out(request: web.Request) -> web.Response:
     """`POST /logout`: ends the session on the server too, and clears the cookie."""
+    form = await _form(request)
     principal = request.app[AUTH].session(request)
     if principal is not None and principal.session is not None:
         request.app[AUTH].sessions.revoke(principal.session)
@@ -54,7 +71,7 @@ async def sign_out(request: web.Request) -> web.Response:
             extra={"peer": client_of(request).address},
         )
     response = web.json_response({"user": None}, headers={"Cache-Control": "no-store"})
-    response.del_cookie(COOKIE_NAME, path="/")
+    response.del_cookie(COOKIE_NAME, path=_cookie_path(form))
     return response
 
 

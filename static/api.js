@@ -61,7 +61,8 @@ export async function fetchSession() {
 export async function signIn(username, password) {
   const response = await fetch('login', {
     method: 'POST',
-    body: new URLSearchParams({ username, password }),
+    // The cookie's path: this page's folder, so that under a proxy's prefix it stays ours.
+    body: new URLSearchParams({ username, password, path: location.pathname }),
     cache: 'no-store',
   });
   if (response.ok) return null;
@@ -74,7 +75,11 @@ export async function signIn(username, password) {
 
 /** Ends the session on the broker and drops the cookie. */
 export async function signOut() {
-  await fetch('logout', { method: 'POST', cache: 'no-store' });
+  await fetch('logout', {
+    method: 'POST',
+    body: new URLSearchParams({ path: location.pathname }),
+    cache: 'no-store',
+  });
 }
 
 /**

@@ -369,3 +369,12 @@ async def test_an_open_broker_behind_an_untrusted_proxy_is_not_open(broker, http
         assert resp.status == 200
     async with http.get(broker.url("/api/cameras"), headers={"X-Forwarded-For": "203.0.113.5"}) as resp:
         assert resp.status == 401
+
+
+async def test_the_session_cookie_is_scoped_to_the_pages_path(family):
+    """Behind a proxy prefix the page sends its path; the cookie then goes to the broker only."""
+    async with browser_like_session() as http:
+        for sent, expected in (("/cams/", "/cams/"), ("/x;Domain=evil", "/"), (None, "/")):
+            form = {"username": "alice", "password": PASSWORDS["alice"], **({"path": sent} if sent else {})}
+            async with http.post(family.url("/login"), data=form) as resp:
+                assert resp.cookies["framebroker_session"]["path"] == expected

@@ -9,9 +9,8 @@ from typing import Protocol
 
 from . import wire
 from .frame import Frame
-from .writer import FrameWriter
 
-__all__ = ["Channel", "Publisher"]
+__all__ = ["Channel", "Publisher", "Viewer"]
 
 
 class Publisher(Protocol):
@@ -24,6 +23,28 @@ class Publisher(Protocol):
 
     def replaced(self) -> None:
         """Another publisher took over this camera: close this one."""
+
+
+class Viewer(Protocol):
+    """What a channel needs from a viewer; how it encodes frames and shows state is its own business."""
+
+    kind: str  # for counting only ("ws", "mjpeg")
+    needs_tick: bool  # tick() wanted on every sweep (MJPEG keep-alives)
+
+    def offer(self, frame: Frame, now: float) -> None:
+        """Take the newest frame (sent now, or kept as the one pending)."""
+
+    def picture(self, channel: Channel) -> Frame | None:
+        """The frame this viewer should show now (the newest, or a no-signal picture)."""
+
+    def joined(self, channel: Channel) -> None:
+        """Just added: send what precedes the first picture (a state message)."""
+
+    def status_changed(self, channel: Channel) -> None:
+        """The camera went online or offline, or got its no-signal picture."""
+
+    def tick(self, channel: Channel, now: float, interval: float) -> None:
+        """Periodic call while `needs_tick`: repeat the picture if quiet for `interval` seconds."""
 
 
 class Channel:
@@ -52,7 +73,8 @@ class Channel:
         self.fps = 0.0
         self.bytes_per_second = 0.0
         self._offline_after = offline_after
-        self._viewers: set[FrameWriter] = set()
+        self._viewers: set[Viewer] = set()
+        self._ticking: set[Viewer] = set()
         self._fan_out_handle: asyncio.Handle | None = None
         self._demand_since = time.monotonic()
         self.last_active = self._demand_since  # monotonic: last frame, viewer, snapshot or publisher
@@ -133,22 +155,24 @@ class Channel:
             counts[viewer.kind] = counts.get(viewer.kind, 0) + 1
         return counts
 
-    def add_viewer(self, writer: FrameWriter) -> None:
-        """Start feeding `writer`: the state first (WebSocket), then the newest frame."""
-        self._viewers.add(writer)
+    def add_viewer(self, viewer: Viewer) -> None:
+        """Start feeding `viewer`: whatever it shows first, then its picture."""
+        self._viewers.add(viewer)
+        if viewer.needs_tick:
+            self._ticking.add(viewer)
         self.last_active = time.monotonic()
         if len(self._viewers) == 1:
-            self._demand_since = time.monotonic()
+            self._demand_since = self.last_active
             self._tell_publisher()
-        if writer.kind == "ws":
-            writer.offer_text(self._status_message)
-        frame = self._frame_for(writer)
+        viewer.joined(self)
+        frame = viewer.picture(self)
         if frame is not None and not (frame is self.latest and self._fan_out_handle is not None):
-            writer.offer(frame, time.monotonic())  # unless the pending fan-out brings it anyway
+            viewer.offer(frame, self.last_active)  # unless the pending fan-out brings it anyway
 
-    def remove_viewer(self, writer: FrameWriter) -> None:
-        """Stop feeding `writer`."""
-        self._viewers.discard(writer)
+    def remove_viewer(self, viewer: Viewer) -> None:
+        """Stop feeding `viewer`."""
+        self._viewers.discard(viewer)
+        self._ticking.discard(viewer)
         self.last_active = time.monotonic()
         if not self._viewers:
             self._tell_publisher()
@@ -191,24 +215,25 @@ class Channel:
         self._set_online(online)
         return not online
 
+    @property
+    def status_message(self) -> bytes:
+        """The current state as a prebuilt WebSocket text frame (README, "Viewing over WebSocket")."""
+        return self._status_message
+
     def show_no_signal(self, frame: Frame) -> None:
-        """Show `frame` to MJPEG viewers while offline (WebSocket viewers get the state instead)."""
+        """Keep `frame` as the picture of an offline camera, for viewers that show pictures only."""
         self._no_signal = frame
         now = time.monotonic()
-        for viewer in self._viewers:
-            if viewer.kind == "mjpeg":
-                viewer.offer(frame, now)
+        for viewer in self._ticking:
+            viewer.tick(self, now, 0.0)  # at once, not after the next quiet interval
 
     def keep_alive(self, now: float, interval: float) -> None:
-        """Repeat the current picture to MJPEG viewers that got nothing for `interval` seconds.
+        """Let viewers that need it repeat their picture after `interval` quiet seconds.
 
         Proxies and players drop a multipart stream that goes quiet.
         """
-        for viewer in self._viewers:
-            if viewer.kind == "mjpeg" and now - viewer.last_write_mono >= interval:
-                frame = self._frame_for(viewer)
-                if frame is not None:
-                    viewer.offer(frame, now)
+        for viewer in self._ticking:
+            viewer.tick(self, now, interval)
 
     def forgotten(self, now: float, after: float) -> bool:
         """Whether nobody has published to or watched this camera for `after` seconds."""
@@ -229,11 +254,6 @@ class Channel:
         for viewer in self._viewers:
             viewer.offer(frame, now)
 
-    def _frame_for(self, writer: FrameWriter) -> Frame | None:
-        if writer.kind == "mjpeg" and not self._online and self._no_signal is not None:
-            return self._no_signal
-        return self.latest
-
     def _set_online(self, online: bool) -> None:
         self._online = online
         self._status_since = time.time()
@@ -241,8 +261,7 @@ class Channel:
             self._no_signal = None
         self._status_message = self._build_status()
         for viewer in self._viewers:
-            if viewer.kind == "ws":
-                viewer.offer_text(self._status_message)
+            viewer.status_changed(self)
 
     def _build_status(self) -> bytes:
         payload = json.dumps(

@@ -21,10 +21,28 @@ log = logging.getLogger(__name__)
 MAX_FPS = 120.0
 
 
+class MjpegWriter(FrameWriter):
+    """An MJPEG viewer: it can only show pictures, so offline is a picture and quiet is a repeat."""
+
+    __slots__ = ()
+    needs_tick = True
+
+    def picture(self, channel: Channel) -> Frame | None:
+        """The no-signal picture while the camera is offline, else the newest frame."""
+        if not channel.online and channel.no_signal is not None:
+            return channel.no_signal
+        return channel.latest
+
+    def tick(self, channel: Channel, now: float, interval: float) -> None:
+        """Repeat the picture after `interval` quiet seconds: proxies and players drop silent streams."""
+        if now - self.last_write_mono >= interval and (frame := self.picture(channel)) is not None:
+            self.offer(frame, now)
+
+
 class MjpegSession:
     """One MJPEG stream; it has no close handshake, so shutdown just ends the body."""
 
-    def __init__(self, writer: FrameWriter) -> None:
+    def __init__(self, writer: MjpegWriter) -> None:
         self.writer = writer
 
     async def close_going_away(self) -> None:
@@ -86,7 +104,7 @@ async def _stream(request: web.Request, channel: Channel, fps: float) -> web.Str
     def encode(frame: Frame) -> bytes:
         return frame.mjpeg_chunk(boundary) if chunked else frame.mjpeg_part(boundary)
 
-    writer = FrameWriter(
+    writer = MjpegWriter(
         transport,
         stream,
         encode,

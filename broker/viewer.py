@@ -34,6 +34,20 @@ def spread_heartbeat(interval: float) -> float:
     return interval * random.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)
 
 
+class WebSocketWriter(FrameWriter):
+    """A WebSocket viewer: frames as binary messages, the camera's state as JSON text messages."""
+
+    __slots__ = ()
+
+    def joined(self, channel: Channel) -> None:
+        """The state first, so the page knows whether to wait for a picture."""
+        self.offer_text(channel.status_message)
+
+    def status_changed(self, channel: Channel) -> None:
+        """Online and offline arrive as text; no no-signal picture is drawn for a canvas."""
+        self.offer_text(channel.status_message)
+
+
 class ViewerWebSocket(StrictWebSocket):
     """A viewer's WebSocket: once it starts closing, its FrameWriter writes nothing more.
 
@@ -42,7 +56,7 @@ class ViewerWebSocket(StrictWebSocket):
     the close frame without a check on every write.
     """
 
-    writer: FrameWriter | None = None
+    writer: WebSocketWriter | None = None
 
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
         """Stop the frame writer, then close as aiohttp does."""
@@ -54,7 +68,7 @@ class ViewerWebSocket(StrictWebSocket):
 class ViewerSession:
     """One browser (or other client) watching one camera over WebSocket."""
 
-    def __init__(self, ws: web.WebSocketResponse, writer: FrameWriter) -> None:
+    def __init__(self, ws: web.WebSocketResponse, writer: WebSocketWriter) -> None:
         self.ws = ws
         self.writer = writer
         self.closing: asyncio.Future[None] | None = None
@@ -115,7 +129,7 @@ async def _serve(
     camera = channel.camera
     stream = await ws.prepare(request)
     assert request.transport is not None  # prepare() raises if the connection is gone
-    writer = FrameWriter(
+    writer = WebSocketWriter(
         request.transport,
         stream,
         _encoder(with_header),

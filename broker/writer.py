@@ -7,10 +7,14 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp.abc import AbstractStreamWriter
 
 from .frame import Frame
+
+if TYPE_CHECKING:
+    from .channel import Channel
 
 __all__ = ["FrameWriter"]
 
@@ -82,6 +86,23 @@ class FrameWriter:
         # all of it has gone to the kernel: the drain wait then means "ready for the next frame".
         transport.set_write_buffer_limits(high=0, low=0)
         self._sock = _own_socket(transport, sndbuf, peer)
+
+    # -- what the channel asks of a viewer (broker.channel.Viewer); subclasses differ here
+
+    needs_tick = False
+
+    def picture(self, channel: Channel) -> Frame | None:
+        """The newest frame: what a viewer shows unless it says otherwise."""
+        return channel.latest
+
+    def joined(self, channel: Channel) -> None:
+        """Nothing precedes the first picture."""
+
+    def status_changed(self, channel: Channel) -> None:
+        """State changes show in the pictures themselves."""
+
+    def tick(self, channel: Channel, now: float, interval: float) -> None:
+        """Nothing to repeat."""
 
     @property
     def last_write_mono(self) -> float:

@@ -23,6 +23,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_REPLACED = 4000
 
 
@@ -125,6 +126,7 @@ class PublisherSession:
     async def run(self, max_bytes: int) -> None:
         """Receive until the connection ends."""
         notifier = asyncio.ensure_future(self._send_viewer_counts())
+        notifier.add_done_callback(self._notifier_ended)
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.BINARY:
@@ -197,6 +199,24 @@ class PublisherSession:
             extra=self.log_context,
         )
         self._close_soon(code, reason)
+
+    def _notifier_ended(self, notifier: asyncio.Future[None]) -> None:
+        if notifier.cancelled() or notifier.exception() is None:
+            return
+        if self.ws.closed or isinstance(notifier.exception(), ConnectionError):
+            # The connection is going away anyway; its end is logged when the handler returns.
+            log.debug("camera %s: viewer count not sent: %r", self.channel.camera, notifier.exception())
+            return
+        # Without this task the agent would never again hear that viewers came: close, so
+        # that it reconnects and is told the count on connect.
+        log.warning(
+            "camera %s: publisher %s: the viewer count could not be sent (%r); closing with %d",
+            self.channel.camera,
+            self.peer,
+            notifier.exception(),
+            CLOSE_INTERNAL_ERROR,
+        )
+        self._close_soon(CLOSE_INTERNAL_ERROR, "broker could not send the viewer count")
 
     def _close_soon(self, code: int, reason: str) -> None:
         if self._closing is None:

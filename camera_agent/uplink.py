@@ -36,6 +36,7 @@ _CLOSE_REASONS = {
         "the broker rejected a frame as too large: lower --size or --quality, "
         "or raise the broker's --max-frame-bytes",
     ),
+    1011: (logging.WARNING, "the broker could not serve the connection and asks for a new one"),
     4000: (logging.WARNING, "another publisher took over this camera"),
 }
 # Unsent bytes the kernel may hold for the socket. Past this the sender waits, so the

@@ -7,6 +7,7 @@ import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from .conftest import TOKEN, make_jpeg, next_json, publisher
 
@@ -217,6 +218,33 @@ async def test_viewer_connected_first_is_counted_on_connect(broker, http):
     viewer = await http.ws_connect(broker.ws_url("/cameras/garden/ws"))
     ws = await http.ws_connect(broker.ws_url("/cameras/garden/publish"), headers=broker.auth)
     assert await next_json(ws) == {"type": "viewers", "count": 1}
+    await viewer.close()
+
+
+async def test_a_failed_viewer_count_closes_the_publisher_so_it_hears_again(
+    broker, http, monkeypatch, caplog
+):
+    """Sending a viewer count fails: the broker says so once and closes the publisher with
+    1011, so that its agent reconnects and hears the count, instead of never hearing again."""
+    pub = await publisher(http, broker, "garden")
+    original = web.WebSocketResponse.send_json
+    failures = []
+
+    async def send_json_once_failing(self: web.WebSocketResponse, data: object, **kwargs: object) -> None:
+        if not failures:
+            failures.append(data)
+            raise RuntimeError("send failed on purpose")
+        await original(self, data, **kwargs)
+
+    monkeypatch.setattr(web.WebSocketResponse, "send_json", send_json_once_failing)
+    viewer = await http.ws_connect(broker.ws_url("/cameras/garden/ws"))
+    msg = await asyncio.wait_for(pub.receive(), 5)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
+    assert failures == [{"type": "viewers", "count": 1}]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "broker.ingest" and r.levelno >= 30]
+    assert len(warnings) == 1 and "garden" in warnings[0] and "send failed on purpose" in warnings[0]
+    again = await http.ws_connect(broker.ws_url("/cameras/garden/publish"), headers=broker.auth)
+    assert await next_json(again) == {"type": "viewers", "count": 1}
     await viewer.close()
 
 

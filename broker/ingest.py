@@ -296,6 +296,16 @@ async def publish_post(request: web.Request) -> web.Response:
         response = web.Response(status=exc.http_status, text=exc.reason + "\n")
         response.force_close()  # the rest of a refused body is not worth reading
         return response
+    except ConnectionError as exc:
+        # The publisher hung up mid-body (a camera losing its network): nothing to answer.
+        log.warning(
+            "camera %s: POST from %s broke off before its body ended: %s",
+            camera,
+            source,
+            exc,
+            extra={"camera": camera, "peer": source},
+        )
+        return web.Response(status=400, text="the request body was broken off\n")
     channel = open_channel(request, camera)
     holder = channel.claim_for_post(source, settings.offline_after)
     if holder is not None:

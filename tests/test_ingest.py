@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import aiohttp
@@ -108,6 +109,33 @@ async def test_truncated_jpeg_is_rejected(broker, http):
     async with http.post(broker.url("/cameras/cut/publish"), data=cut, headers=broker.auth) as resp:
         assert resp.status == 415
     assert await snapshot_bytes(http, broker, "cut") == good
+
+
+async def test_a_post_broken_off_mid_body_is_one_warning(broker, http, caplog):
+    """A publisher that hangs up halfway through its POST body costs one WARNING line:
+    no traceback, no 500, and the cached frame stays."""
+    good = make_jpeg((5, 5, 5))
+    async with http.post(broker.url("/cameras/garden/publish"), data=good, headers=broker.auth) as r:
+        assert r.status == 204
+    frame = make_jpeg((9, 9, 9))
+    _, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    writer.write(
+        b"POST /cameras/garden/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+        b"Authorization: Bearer " + broker.token.encode() + b"\r\n"
+        b"Content-Length: " + str(len(frame)).encode() + b"\r\n\r\n" + frame[: len(frame) // 2]
+    )
+    await writer.drain()
+    writer.transport.abort()  # like a camera whose network died mid-frame
+    for _ in range(250):
+        warnings = [r for r in caplog.records if r.name == "broker.ingest" and r.levelno >= logging.WARNING]
+        if warnings:
+            break
+        await asyncio.sleep(0.02)
+    assert len(warnings) == 1
+    assert "garden" in warnings[0].getMessage() and warnings[0].levelno == logging.WARNING
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not [r for r in caplog.records if r.name == "aiohttp.access" and '" 500 ' in r.getMessage()]
+    assert await snapshot_bytes(http, broker, "garden") == good
 
 
 async def test_oversized_frames_are_refused(start_broker, http):

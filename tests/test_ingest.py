@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import TOKEN, make_jpeg, next_json, publisher
+from .conftest import TOKEN, make_jpeg, next_binary, next_json, publisher
 
 
 async def snapshot_bytes(http: aiohttp.ClientSession, broker, camera: str) -> bytes:
@@ -78,26 +78,49 @@ async def test_missing_or_wrong_token_is_refused_before_the_upgrade(broker, http
         assert resp.status == 404
 
 
+async def camera_entry(http: aiohttp.ClientSession, broker, camera: str) -> dict:
+    async with http.get(broker.url("/api/cameras")) as resp:
+        return next(c for c in (await resp.json())["cameras"] if c["id"] == camera)
+
+
 @pytest.mark.parametrize(
     "payload",
     [b"", b"\xff", b"\x89PNG\r\n\x1a\n" + b"\0" * 100, b"random bytes that are not a picture"],
     ids=["empty", "one-byte", "png", "text"],
 )
-async def test_non_jpeg_is_rejected_and_the_cached_frame_survives(broker, http, payload):
-    """A non-JPEG closes the publisher with 1003 (WS) or gets 415 (POST); the good frame stays."""
-    good = make_jpeg((50, 60, 70))
+async def test_non_jpeg_is_dropped_and_counted_and_the_cached_frame_survives(broker, http, payload):
+    """A non-JPEG is dropped and counted (WebSocket) or gets 415 (POST): the publisher stays
+    connected, its next frame reaches the viewer, and nothing bad is ever cached."""
+    good, later = make_jpeg((50, 60, 70)), make_jpeg((70, 60, 50))
     ws = await publisher(http, broker, "garden")
+    viewer = await http.ws_connect(broker.ws_url("/cameras/garden/ws"))
     await ws.send_bytes(good)
-    await wait_for_snapshot(http, broker, "garden", good)
+    assert await next_binary(viewer) == good
     await ws.send_bytes(payload)
-    msg = await asyncio.wait_for(ws.receive(), 5)
-    assert msg.type == aiohttp.WSMsgType.CLOSE
-    assert ws.close_code == 1003
-    assert "JPEG" in msg.extra
+    assert await snapshot_bytes(http, broker, "garden") == good
+    await ws.send_bytes(later)
+    assert await next_binary(viewer) == later
     async with http.post(broker.url("/cameras/garden/publish"), data=payload, headers=broker.auth) as resp:
         assert resp.status == 415
         assert "not a complete JPEG" in await resp.text()
+    assert await snapshot_bytes(http, broker, "garden") == later
+    camera = await camera_entry(http, broker, "garden")
+    assert (camera["frames"], camera["frames_bad"], camera["publisher"]) == (2, 2, True)
+
+
+async def test_max_bad_frames_in_a_row_close_the_publisher_with_1003(start_broker, http):
+    """Only `max_bad_frames` bad frames in a row close the publisher (1003, with the reason);
+    a good frame in between starts the count again."""
+    broker = await start_broker(max_bad_frames=3)
+    good = make_jpeg((1, 2, 3))
+    ws = await publisher(http, broker, "garden")
+    for payload in (b"bad", b"bad", good, b"bad", b"bad", b"bad"):
+        await ws.send_bytes(payload)
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1003)
+    assert "3 frames in a row" in msg.extra and "JPEG" in msg.extra
     assert await snapshot_bytes(http, broker, "garden") == good
+    assert (await camera_entry(http, broker, "garden"))["frames_bad"] == 5
 
 
 async def test_truncated_jpeg_is_rejected(broker, http):

@@ -11,7 +11,7 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +331,41 @@ async def test_http_transport_posts_frames(broker: Any, http: aiohttp.ClientSess
         await viewer.close()
         assert first != second
         assert agent.pipelines["cam"].stats.sent >= 2
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A loopback port whose SYNs go unanswered, like a broker behind a dead route: its
+    listen queue is full and nobody accepts, so a connect hangs instead of failing."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_connect_timeout_governs_the_connect(caplog: pytest.LogCaptureFixture):
+    """--connect-timeout longer than the old built-in 10 s: a connect that hangs is given
+    up after --connect-timeout, not before."""
+    camera = CameraConfig(id="cam", source="synthetic", size=(160, 120), always_on=True)
+    with unanswered_port() as port:
+        broker = BrokerConfig(url=f"http://127.0.0.1:{port}", token="t", connect_timeout=12.0, backoff_max=30)
+        started = time.monotonic()
+        async with running(AgentConfig(broker, (camera,), stats_interval=0)) as agent:
+            uplink = agent.pipelines["cam"].uplink
+            await eventually(lambda: uplink.failed_attempts >= 1, timeout=30, what="the first timeout")
+            waited = time.monotonic() - started
+    assert waited >= 11.5  # a lower bound only: timers never fire early
+    assert "timed out" in caplog.text
 
 
 async def test_rejected_token_is_logged_once_and_retried_until_fixed(

@@ -86,6 +86,7 @@ class CameraConfig:
     always_on: bool = False
     idle_grace: float = 10.0
     stall_timeout: float = 10.0
+    max_bad_frames: int = 30  # frames in a row that are not complete JPEGs before the source is reopened
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds without viewers before the camera is closed", metavar="SECONDS"),
     Option("stall_timeout", "camera", _POSITIVE,
            "reopen the source after this long without a frame", metavar="SECONDS"),
+    Option("max_bad_frames", "camera", _number(int, 1, 1_000_000),
+           "reopen the source after this many frames in a row that are not complete JPEGs", metavar="N"),
 )  # fmt: skip
 
 _BY_KEY = {option.key: option for option in OPTIONS}

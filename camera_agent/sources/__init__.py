@@ -15,7 +15,7 @@ __all__ = [
 ]
 
 # Settings every source understands; the rest apply to the kinds listed here.
-_COMMON = {"id", "source", "fps", "always_on", "idle_grace", "stall_timeout"}
+_COMMON = {"id", "source", "fps", "always_on", "idle_grace", "stall_timeout", "max_bad_frames"}
 _APPLIES = {
     "picamera2": {"size", "quality", "camera_num", "hflip", "vflip", "brightness", "contrast"},
     "opencv": {"input", "size", "quality", "hflip", "vflip", "loop"},

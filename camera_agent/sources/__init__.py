@@ -20,7 +20,7 @@ _APPLIES = {
     "picamera2": {"size", "quality", "camera_num", "hflip", "vflip", "brightness", "contrast"},
     "opencv": {"input", "size", "quality", "hflip", "vflip", "loop"},
     "synthetic": {"size", "quality"},
-    "files": {"input", "watch"},
+    "files": {"input", "watch", "watch_method", "watch_poll_interval"},
 }
 
 

@@ -56,10 +56,15 @@ class Row:
     frame_kb: float
 
 
+def pattern_bgr(pattern: SyntheticSource, index: int) -> np.ndarray:
+    """Frame ``index`` of the test pattern (drawn by Pillow, in RGB) as OpenCV's BGR array."""
+    return np.ascontiguousarray(np.asarray(pattern.draw(index))[:, :, ::-1])
+
+
 def camera_like(pattern: SyntheticSource, index: int, rng: np.random.Generator) -> np.ndarray:
     """The test pattern plus sensor-like noise (sigma 4): flat colour encodes unrealistically fast."""
     noise = rng.normal(0, 4, (pattern.height, pattern.width, 3))
-    return np.clip(pattern.draw(index) + noise, 0, 255).astype(np.uint8)
+    return np.clip(pattern_bgr(pattern, index) + noise, 0, 255).astype(np.uint8)
 
 
 def write_video(path: Path, fourcc: str, frames: list[np.ndarray]) -> Path:
@@ -110,7 +115,10 @@ def imencode_ms(baseline: list[np.ndarray] | SyntheticSource, frames: int) -> fl
     params = [cv2.IMWRITE_JPEG_QUALITY, QUALITY]
     spent = 0.0
     for i in range(frames):
-        picture = baseline.draw(i) if isinstance(baseline, SyntheticSource) else baseline[i % len(baseline)]
+        if isinstance(baseline, SyntheticSource):
+            picture = pattern_bgr(baseline, i)
+        else:
+            picture = baseline[i % len(baseline)]
         started = time.process_time()
         cv2.imencode(".jpg", picture, params)
         spent += time.process_time() - started

@@ -34,6 +34,7 @@ async def cameras(request: web.Request) -> web.Response:
                 "fps": round(channel.fps, 2),
                 "frames": channel.frames,
                 "frames_dropped": channel.frames_dropped,
+                "frames_bad": channel.frames_bad,
                 "last_frame_age": round(now - latest.received_mono, 3) if latest else None,
                 "width": latest.width if latest else None,
                 "height": latest.height if latest else None,

@@ -69,6 +69,7 @@ class Channel:
         self.agent: dict[str, object] = {}
         self.frames = 0
         self.frames_dropped = 0  # replaced by a newer frame before any viewer got them
+        self.frames_bad = 0  # not complete JPEGs: dropped on receipt
         self.bytes = 0
         self.fps = 0.0
         self.bytes_per_second = 0.0

@@ -152,6 +152,14 @@ class Settings:
     max_cameras: int = field(
         default=256, metadata=_help("most cameras with a publisher (now or earlier) kept at once", "limits")
     )
+    max_bad_frames: int = field(
+        default=30,
+        metadata=_help(
+            "a publisher is closed (1003) after this many frames in a row that are not complete JPEGs; "
+            "fewer are dropped and counted",
+            "limits",
+        ),
+    )
     max_viewers: int = field(
         default=10_000, metadata=_help("most WebSocket and MJPEG viewers of the whole broker", "limits")
     )
@@ -245,6 +253,7 @@ class Settings:
         _check(self.max_frame_bytes >= 1024, "max_frame_bytes", self.max_frame_bytes, ">= 1024")
         for name in (
             "max_cameras",
+            "max_bad_frames",
             "max_viewers",
             "max_viewers_per_camera",
             "max_connections_per_ip",

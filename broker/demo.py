@@ -9,8 +9,6 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from camera_agent.sources.synthetic import SyntheticSource
-
 from .app_keys import HUB, SETTINGS
 from .channel import Channel
 from .ingest import FrameRejected, validate_frame
@@ -30,6 +28,9 @@ class DemoCamera:
     peer = "built-in demo"
 
     def __init__(self, channel: Channel, max_frame_bytes: int) -> None:
+        # Here, not at the top: only a broker started with --demo loads Pillow for the pattern.
+        from camera_agent.sources.synthetic import SyntheticSource
+
         self._channel = channel
         self._max_frame_bytes = max_frame_bytes
         self._source = SyntheticSource(DEMO_CAMERA, *DEMO_SIZE, fps=DEMO_FPS)

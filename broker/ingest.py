@@ -23,6 +23,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_REPLACED = 4000
 
 
@@ -91,12 +92,15 @@ async def read_frame(request: web.Request, max_bytes: int) -> bytes:
 class PublisherSession:
     """One camera agent connected over WebSocket: frames in, viewer counts out."""
 
-    def __init__(self, ws: web.WebSocketResponse, channel: Channel, peer: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, channel: Channel, peer: str, max_bad_frames: int) -> None:
         self.ws = ws
         self.channel = channel
         self.peer = peer
         # Fields of every log line about this publisher (keys of their own in JSON logs).
         self.log_context = {"camera": channel.camera, "peer": peer}
+        self._max_bad_frames = max_bad_frames
+        self._bad_in_a_row = 0
+        self._bad_frames = 0
         self._viewers = 0
         self._viewers_changed = asyncio.Event()
         self._closing: asyncio.Task[bool] | None = None
@@ -125,6 +129,7 @@ class PublisherSession:
     async def run(self, max_bytes: int) -> None:
         """Receive until the connection ends."""
         notifier = asyncio.ensure_future(self._send_viewer_counts())
+        notifier.add_done_callback(self._notifier_ended)
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.BINARY:
@@ -146,9 +151,36 @@ class PublisherSession:
         if self._closing is not None:
             return
         try:
-            self.channel.publish(validate_frame(data, max_bytes))
+            jpeg = validate_frame(data, max_bytes)
         except FrameRejected as exc:
-            self._reject(exc.ws_code, exc.reason)
+            if exc.ws_code == CLOSE_UNSUPPORTED_DATA:
+                self._on_bad_frame(exc.reason)
+            else:
+                self._reject(exc.ws_code, exc.reason)
+            return
+        self._bad_in_a_row = 0
+        self.channel.publish(jpeg)
+
+    def _on_bad_frame(self, reason: str) -> None:
+        # One bad frame from a camera must not cost seconds of video (a reconnect):
+        # drop it; only a run of them means the publisher is broken.
+        self.channel.frames_bad += 1
+        self._bad_frames += 1
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= self._max_bad_frames:
+            reason = f"{self._bad_in_a_row} frames in a row were not complete JPEGs"
+            self._reject(CLOSE_UNSUPPORTED_DATA, reason)
+        elif self._bad_frames == 1:
+            # Once per connection; /api/cameras counts the rest (frames_bad).
+            log.warning(
+                "camera %s: publisher %s: dropped a frame: %s (more are counted, not logged; "
+                "%d in a row close the connection)",
+                self.channel.camera,
+                self.peer,
+                reason,
+                self._max_bad_frames,
+                extra=self.log_context,
+            )
 
     def _on_control(self, text: str) -> None:
         try:
@@ -198,6 +230,30 @@ class PublisherSession:
         )
         self._close_soon(code, reason)
 
+    def _notifier_ended(self, notifier: asyncio.Future[None]) -> None:
+        if notifier.cancelled() or notifier.exception() is None:
+            return
+        if self.ws.closed or isinstance(notifier.exception(), ConnectionError):
+            # The connection is going away anyway; its end is logged when the handler returns.
+            log.debug(
+                "camera %s: viewer count not sent: %r",
+                self.channel.camera,
+                notifier.exception(),
+                extra=self.log_context,
+            )
+            return
+        # Without this task the agent would never again hear that viewers came: close, so
+        # that it reconnects and is told the count on connect.
+        log.warning(
+            "camera %s: publisher %s: the viewer count could not be sent (%r); closing with %d",
+            self.channel.camera,
+            self.peer,
+            notifier.exception(),
+            CLOSE_INTERNAL_ERROR,
+            extra=self.log_context,
+        )
+        self._close_soon(CLOSE_INTERNAL_ERROR, "broker could not send the viewer count")
+
     def _close_soon(self, code: int, reason: str) -> None:
         if self._closing is None:
             self._closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
@@ -234,7 +290,7 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
     except BaseException:
         hub.release(channel)
         raise
-    session = PublisherSession(ws, channel, peer(request))
+    session = PublisherSession(ws, channel, peer(request), settings.max_bad_frames)
     log.info("camera %s: publisher %s connected", channel.camera, session.peer, extra=session.log_context)
     with hub.track(session):
         channel.attach_publisher(session)
@@ -273,9 +329,22 @@ async def publish_post(request: web.Request) -> web.Response:
             exc.reason,
             extra={"camera": camera, "peer": source},
         )
+        channel = request.app[HUB].channel(camera)
+        if channel is not None and exc.ws_code == CLOSE_UNSUPPORTED_DATA:
+            channel.frames_bad += 1
         response = web.Response(status=exc.http_status, text=exc.reason + "\n")
         response.force_close()  # the rest of a refused body is not worth reading
         return response
+    except ConnectionError as exc:
+        # The publisher hung up mid-body (a camera losing its network): nothing to answer.
+        log.warning(
+            "camera %s: POST from %s broke off before its body ended: %s",
+            camera,
+            source,
+            exc,
+            extra={"camera": camera, "peer": source},
+        )
+        return web.Response(status=400, text="the request body was broken off\n")
     channel = open_channel(request, camera)
     holder = channel.claim_for_post(source, settings.offline_after)
     if holder is not None:

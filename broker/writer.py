@@ -227,6 +227,13 @@ class FrameWriter:
         except ConnectionError:
             # The peer went away while we waited for the drain; close below, as for is_closing().
             pass
+        except Exception as exc:
+            # Anything else would leave this viewer connected but frozen, kept alive by
+            # heartbeats: drop it, and keep the traceback for debugging.
+            self._flusher = None
+            log.debug("viewer %s (%s): writing failed", self.peer, self.kind, exc_info=True)
+            self.abort(f"writing failed: {type(exc).__name__}: {exc}")
+            return
         self._flusher = None
         if self._transport.is_closing():
             self.close()

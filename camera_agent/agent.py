@@ -83,7 +83,8 @@ class Agent:
     async def run(self) -> None:
         """Publish until cancelled, or until every (finite) source has ended."""
         config = self.config
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, connect=15)
+        # --connect-timeout bounds each connect (uplink.py), so no shorter built-in one may cut it.
+        timeout = aiohttp.ClientTimeout(total=None, connect=config.broker.connect_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             self.pipelines = {
                 camera.id: CameraPipeline(camera, config.broker, self._sources[camera.id], session)

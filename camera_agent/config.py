@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 SOURCE_KINDS = ("picamera2", "opencv", "synthetic", "files")
+WATCH_METHODS = ("auto", "events", "poll")
 TRANSPORTS = ("ws", "http")
 ENV_PREFIX = "CAMERA_AGENT_"
 _CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -82,10 +83,13 @@ class CameraConfig:
     contrast: float | None = None
     loop: bool = False
     watch: bool = False
+    watch_method: str = "auto"  # events (inotify), poll, or auto: poll on network filesystems
+    watch_poll_interval: float = 0.5
     # Demand and health
     always_on: bool = False
     idle_grace: float = 10.0
     stall_timeout: float = 10.0
+    max_bad_frames: int = 30  # frames in a row that are not complete JPEGs before the source is reopened
 
 
 @dataclass(frozen=True)
@@ -277,11 +281,18 @@ OPTIONS: tuple[Option, ...] = (
            "picamera2: Contrast control, 1.0 normal", metavar="C"),
     Option("loop", "camera", _bool, "opencv: restart a video file at its end"),
     Option("watch", "camera", _bool, "files: publish each new JPEG written to the folder"),
+    Option("watch_method", "camera", _choice(*WATCH_METHODS),
+           "files --watch: events (inotify), poll, or auto (poll on network filesystems)",
+           metavar="{" + ",".join(WATCH_METHODS) + "}"),
+    Option("watch_poll_interval", "camera", _number(float, 0.01, 3600.0),
+           "files --watch: seconds between looks at a polled folder", metavar="SECONDS"),
     Option("always_on", "camera", _bool, "capture even while nobody watches"),
     Option("idle_grace", "camera", _number(float, 0.0, 86400.0),
            "seconds without viewers before the camera is closed", metavar="SECONDS"),
     Option("stall_timeout", "camera", _POSITIVE,
            "reopen the source after this long without a frame", metavar="SECONDS"),
+    Option("max_bad_frames", "camera", _number(int, 1, 1_000_000),
+           "reopen the source after this many frames in a row that are not complete JPEGs", metavar="N"),
 )  # fmt: skip
 
 _BY_KEY = {option.key: option for option in OPTIONS}

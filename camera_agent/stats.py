@@ -22,8 +22,9 @@ class CameraStats:
     sent_bytes: int = 0
     sent_age: float = 0.0  # sum over sent frames of seconds from capture to sent
     dropped: int = 0  # replaced in the slot before sending, or too large
+    bad: int = 0  # not complete JPEGs: dropped at capture
     reconnects: int = 0
-    restarts: int = 0  # source reopened by the stall watchdog
+    restarts: int = 0  # source reopened by the watchdog: no frame, or only bad ones
 
 
 class StatsReporter:
@@ -60,6 +61,6 @@ class StatsReporter:
         return (
             f"{camera}: captured {rate('captured'):.1f} fps, sent {rate('sent'):.1f} fps, "
             f"dropped {rate('dropped'):.1f} fps, {rate('sent_bytes') / 1000:.0f} kB/s, "
-            f"age {age:.0f} ms, reconnects {now.reconnects - before.reconnects}, "
+            f"age {age:.0f} ms, bad {now.bad - before.bad}, reconnects {now.reconnects - before.reconnects}, "
             f"restarts {now.restarts - before.restarts}"
         )

@@ -29,13 +29,14 @@ AGENT = f"camera-agent/{__version__}"
 _CLOSE_REASONS = {
     1000: (logging.WARNING, "the broker closed the connection"),
     1001: (logging.WARNING, "the broker is shutting down"),
-    1003: (logging.ERROR, "the broker rejected a frame as not a complete JPEG (a bug)"),
+    1003: (logging.ERROR, "the broker got too many frames in a row that were not complete JPEGs (a bug)"),
     1007: (logging.ERROR, "the broker rejected a control message (a bug)"),
     1009: (
         logging.ERROR,
         "the broker rejected a frame as too large: lower --size or --quality, "
         "or raise the broker's --max-frame-bytes",
     ),
+    1011: (logging.WARNING, "the broker could not serve the connection and asks for a new one"),
     4000: (logging.WARNING, "another publisher took over this camera"),
 }
 # Unsent bytes the kernel may hold for the socket. Past this the sender waits, so the

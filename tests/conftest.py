@@ -58,6 +58,16 @@ def make_jpeg(
     return encoded.tobytes()
 
 
+def python_m(module: str, blocked: tuple[str, ...] = ()) -> list[str]:
+    """The command `python -m MODULE`, run so that the `blocked` modules cannot be imported,
+    as on a machine where they are not installed."""
+    code = (
+        f"import runpy, sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", code]
+
+
 @dataclasses.dataclass
 class RunningBroker:
     """A broker started by `start_broker`."""
@@ -221,9 +231,12 @@ async def run_broker(tmp_path: Any) -> AsyncIterator[Callable[..., Awaitable[Bro
     """Factory: `await run_broker(*flags, env={...})` runs `python -m broker` until it serves."""
     procs: list[BrokerProcess] = []
 
-    async def run(*args: str, env: dict[str, str] | None = None) -> BrokerProcess:
+    async def run(
+        *args: str, env: dict[str, str] | None = None, blocked: tuple[str, ...] = ()
+    ) -> BrokerProcess:
+        """The `blocked` modules cannot be imported in the broker (see python_m)."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "broker", "--port", "0", *args,
+            *python_m("broker", blocked), "--port", "0", *args,
             stderr=subprocess.PIPE,
             env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"), **(env or {})},
         )  # fmt: skip

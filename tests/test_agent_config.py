@@ -16,6 +16,8 @@ from camera_agent.backoff import Backoff, FailureLog
 from camera_agent.cli import build_parser, main
 from camera_agent.config import OPTIONS, BrokerConfig, CameraConfig, ConfigError, load_config
 
+from .conftest import python_m
+
 BASE = {"url": "http://broker:8080", "token": "t0k", "id": "garden", "source": "synthetic"}
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,6 +204,52 @@ def test_cli_process_exits_2_without_traceback():
     assert result.stderr.strip().splitlines() == [
         "camera-agent: error: camera 'c': input '/nonexistent/clip.avi': no such video file"
     ]
+
+
+def run_agent(
+    *args: str, blocked: tuple[str, ...] = (), path: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`camera-agent ARGS` in a subprocess in which the `blocked` modules cannot be imported
+    and `path` comes first on sys.path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMERA_AGENT_")}
+    if path is not None:
+        env["PYTHONPATH"] = str(path)
+    command = [
+        *python_m("camera_agent", blocked),
+        "--broker",
+        "http://127.0.0.1:9",
+        "--camera",
+        "c",
+        "--token",
+        "t",
+    ]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+
+
+def test_opencv_source_without_opencv_is_one_line_naming_what_to_install():
+    """No OpenCV installed (it is an extra now): exit 2 and one line saying how to get it."""
+    result = run_agent("--source", "opencv", "--input", "0", blocked=("cv2",))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("camera-agent: error: camera 'c': OpenCV (with numpy) cannot be imported")
+    assert "'.[opencv]'" in line and "python3-opencv" in line
+
+
+def test_a_broken_picamera2_is_one_line_not_a_traceback(tmp_path: Path):
+    """picamera2 from apt meeting a numpy 2 from pip fails at import with a ValueError:
+    exit 2 and one line that says what is wrong and how to fix it."""
+    (tmp_path / "libcamera").mkdir()
+    (tmp_path / "libcamera" / "__init__.py").write_text("class Transform: pass\n")
+    (tmp_path / "picamera2").mkdir()
+    (tmp_path / "picamera2" / "__init__.py").write_text(
+        "raise ValueError('numpy.dtype size changed, may indicate binary incompatibility. "
+        "Expected 96 from C header, got 88 from PyObject')\n"
+    )
+    result = run_agent("--source", "picamera2", path=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("camera-agent: error: camera 'c': picamera2 cannot be imported (ValueError: numpy")
+    assert "pip uninstall numpy" in line and "python3-picamera2" in line
 
 
 def test_cli_process_stops_cleanly_on_sigterm():

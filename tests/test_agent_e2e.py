@@ -11,7 +11,7 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,7 @@ async def test_stats_are_logged_periodically(broker: Any, caplog: pytest.LogCapt
     async with running(config):
         await eventually(lambda: "cam: captured" in caplog.text, what="a stats line")
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("cam: captured"))
-    assert "fps, sent" in line and "kB/s" in line and "reconnects 0, restarts 0" in line
+    assert "fps, sent" in line and "kB/s" in line and "bad 0, reconnects 0, restarts 0" in line
 
 
 # -- the link ------------------------------------------------------------------------
@@ -297,6 +297,58 @@ async def test_stall_watchdog_reopens_a_hung_source(broker: Any, http: aiohttp.C
         source.release()
 
 
+async def test_a_bad_frame_from_the_camera_is_dropped_and_counted_before_sending(
+    broker: Any, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+):
+    """One frame cut short among good ones: the agent drops and counts it and says so once;
+    the connection and the source stay up and the viewer keeps getting frames."""
+    source = StampedSource(fps=50, corrupt=lambda index: index in (5, 9))
+    camera = CameraConfig(id="cam", source="stamped", always_on=True)
+    async with running(agent_config(broker, camera), {"cam": source}) as agent:
+        stats = agent.pipelines["cam"].stats
+        viewer = await view(http, broker, "cam")
+        numbers = set()
+        while len(numbers) < 10 or max(numbers) < 12:
+            numbers.add(read_stamp(await next_binary(viewer))[0])
+        await viewer.close()
+        info = await camera_info(http, broker, "cam")
+    assert stats.bad == 2
+    assert not {5, 9} & numbers
+    assert (stats.reconnects, stats.restarts, source.runs) == (0, 0, 1)
+    assert info is not None and info["frames_bad"] == 0
+    warnings = [r for r in caplog.records if "not a complete JPEG" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+
+
+async def test_max_bad_frames_in_a_row_reopen_the_source(broker: Any, caplog: pytest.LogCaptureFixture):
+    """A camera that only delivers broken frames is reopened after --max-bad-frames of them."""
+    source = StampedSource(fps=100, corrupt=lambda index: True)
+    camera = CameraConfig(id="cam", source="stamped", always_on=True, max_bad_frames=5)
+    async with running(agent_config(broker, camera), {"cam": source}) as agent:
+        stats = agent.pipelines["cam"].stats
+        await eventually(lambda: source.runs >= 2, what="the source reopened")
+    assert stats.restarts >= 1 and stats.bad >= 5 and stats.sent == 0
+    assert "5 frames in a row were not complete JPEGs" in caplog.text
+
+
+async def test_picamera2_frames_are_checked_for_completeness(
+    broker: Any, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+):
+    """picamera2's encoder output gets the same check as every other source."""
+    fake_picamera.install(monkeypatch, fake_picamera.Rig(corrupt=frozenset({1, 2})))
+    camera = CameraConfig(id="pi", source="picamera2", size=(320, 240), fps=30, always_on=True)
+    async with running(agent_config(broker, camera)) as agent:
+        stats = agent.pipelines["pi"].stats
+        viewer = await view(http, broker, "pi")
+        for _ in range(3):
+            jpeg = await next_binary(viewer)
+            assert jpeg.endswith(b"\xff\xd9")
+        await viewer.close()
+        info = await camera_info(http, broker, "pi")
+    assert stats.bad == 2
+    assert info is not None and info["frames_bad"] == 0
+
+
 async def test_missing_camera_is_logged_once_and_retried_until_it_appears(
     broker: Any,
     http: aiohttp.ClientSession,
@@ -331,6 +383,41 @@ async def test_http_transport_posts_frames(broker: Any, http: aiohttp.ClientSess
         await viewer.close()
         assert first != second
         assert agent.pipelines["cam"].stats.sent >= 2
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A loopback port whose SYNs go unanswered, like a broker behind a dead route: its
+    listen queue is full and nobody accepts, so a connect hangs instead of failing."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_connect_timeout_governs_the_connect(caplog: pytest.LogCaptureFixture):
+    """--connect-timeout longer than the old built-in 10 s: a connect that hangs is given
+    up after --connect-timeout, not before."""
+    camera = CameraConfig(id="cam", source="synthetic", size=(160, 120), always_on=True)
+    with unanswered_port() as port:
+        broker = BrokerConfig(url=f"http://127.0.0.1:{port}", token="t", connect_timeout=12.0, backoff_max=30)
+        started = time.monotonic()
+        async with running(AgentConfig(broker, (camera,), stats_interval=0)) as agent:
+            uplink = agent.pipelines["cam"].uplink
+            await eventually(lambda: uplink.failed_attempts >= 1, timeout=30, what="the first timeout")
+            waited = time.monotonic() - started
+    assert waited >= 11.5  # a lower bound only: timers never fire early
+    assert "timed out" in caplog.text
 
 
 async def test_rejected_token_is_logged_once_and_retried_until_fixed(

@@ -77,9 +77,27 @@ def test_settings_from_env_reads_only_its_prefix():
         Settings(max_cameras=0)
 
 
+async def test_broker_starts_and_serves_without_opencv_numpy_or_pillow(run_broker):
+    """None of them is imported to start and serve: a broker needs no image library."""
+    broker = await run_broker(env={"FRAMEBROKER_PUBLISH_TOKEN": SECRET}, blocked=("cv2", "numpy", "PIL"))
+    frame = make_jpeg()
+    async with aiohttp.ClientSession() as http:
+        auth = {"Authorization": f"Bearer {SECRET}"}
+        async with http.post(broker.url("/cameras/cam/publish"), data=frame, headers=auth) as resp:
+            assert resp.status == 204
+        async with http.get(broker.url("/cameras/cam/snapshot.jpg")) as resp:
+            assert await resp.read() == frame
+        async with http.get(broker.url("/api/cameras")) as resp:
+            assert [c["id"] for c in (await resp.json())["cameras"]] == ["cam"]
+    broker.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(broker.proc.wait(), 10) == 0
+    assert "Traceback" not in await broker.rest_of_log()
+
+
 async def test_demo_serves_a_moving_picture_and_says_where(run_broker):
-    """`framebroker --demo`: the log gives the URL and where the token is; the demo camera streams 640x480."""
-    broker = await run_broker("--demo")
+    """`framebroker --demo`: the log gives the URL and where the token is; the demo camera
+    streams 640x480, drawn with Pillow alone (OpenCV and numpy cannot be imported here)."""
+    broker = await run_broker("--demo", blocked=("cv2", "numpy"))
     assert f"http://127.0.0.1:{broker.port}/" in broker.log
     assert "agents must use the one in" in broker.log
     assert "publish-token" in broker.log

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from .conftest import TOKEN, make_jpeg, next_json, publisher
+from .conftest import TOKEN, make_jpeg, next_binary, next_json, publisher
 
 
 async def snapshot_bytes(http: aiohttp.ClientSession, broker, camera: str) -> bytes:
@@ -76,26 +78,49 @@ async def test_missing_or_wrong_token_is_refused_before_the_upgrade(broker, http
         assert resp.status == 404
 
 
+async def camera_entry(http: aiohttp.ClientSession, broker, camera: str) -> dict:
+    async with http.get(broker.url("/api/cameras")) as resp:
+        return next(c for c in (await resp.json())["cameras"] if c["id"] == camera)
+
+
 @pytest.mark.parametrize(
     "payload",
     [b"", b"\xff", b"\x89PNG\r\n\x1a\n" + b"\0" * 100, b"random bytes that are not a picture"],
     ids=["empty", "one-byte", "png", "text"],
 )
-async def test_non_jpeg_is_rejected_and_the_cached_frame_survives(broker, http, payload):
-    """A non-JPEG closes the publisher with 1003 (WS) or gets 415 (POST); the good frame stays."""
-    good = make_jpeg((50, 60, 70))
+async def test_non_jpeg_is_dropped_and_counted_and_the_cached_frame_survives(broker, http, payload):
+    """A non-JPEG is dropped and counted (WebSocket) or gets 415 (POST): the publisher stays
+    connected, its next frame reaches the viewer, and nothing bad is ever cached."""
+    good, later = make_jpeg((50, 60, 70)), make_jpeg((70, 60, 50))
     ws = await publisher(http, broker, "garden")
+    viewer = await http.ws_connect(broker.ws_url("/cameras/garden/ws"))
     await ws.send_bytes(good)
-    await wait_for_snapshot(http, broker, "garden", good)
+    assert await next_binary(viewer) == good
     await ws.send_bytes(payload)
-    msg = await asyncio.wait_for(ws.receive(), 5)
-    assert msg.type == aiohttp.WSMsgType.CLOSE
-    assert ws.close_code == 1003
-    assert "JPEG" in msg.extra
+    assert await snapshot_bytes(http, broker, "garden") == good
+    await ws.send_bytes(later)
+    assert await next_binary(viewer) == later
     async with http.post(broker.url("/cameras/garden/publish"), data=payload, headers=broker.auth) as resp:
         assert resp.status == 415
         assert "not a complete JPEG" in await resp.text()
+    assert await snapshot_bytes(http, broker, "garden") == later
+    camera = await camera_entry(http, broker, "garden")
+    assert (camera["frames"], camera["frames_bad"], camera["publisher"]) == (2, 2, True)
+
+
+async def test_max_bad_frames_in_a_row_close_the_publisher_with_1003(start_broker, http):
+    """Only `max_bad_frames` bad frames in a row close the publisher (1003, with the reason);
+    a good frame in between starts the count again."""
+    broker = await start_broker(max_bad_frames=3)
+    good = make_jpeg((1, 2, 3))
+    ws = await publisher(http, broker, "garden")
+    for payload in (b"bad", b"bad", good, b"bad", b"bad", b"bad"):
+        await ws.send_bytes(payload)
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1003)
+    assert "3 frames in a row" in msg.extra and "JPEG" in msg.extra
     assert await snapshot_bytes(http, broker, "garden") == good
+    assert (await camera_entry(http, broker, "garden"))["frames_bad"] == 5
 
 
 async def test_truncated_jpeg_is_rejected(broker, http):
@@ -107,6 +132,33 @@ async def test_truncated_jpeg_is_rejected(broker, http):
     async with http.post(broker.url("/cameras/cut/publish"), data=cut, headers=broker.auth) as resp:
         assert resp.status == 415
     assert await snapshot_bytes(http, broker, "cut") == good
+
+
+async def test_a_post_broken_off_mid_body_is_one_warning(broker, http, caplog):
+    """A publisher that hangs up halfway through its POST body costs one WARNING line:
+    no traceback, no 500, and the cached frame stays."""
+    good = make_jpeg((5, 5, 5))
+    async with http.post(broker.url("/cameras/garden/publish"), data=good, headers=broker.auth) as r:
+        assert r.status == 204
+    frame = make_jpeg((9, 9, 9))
+    _, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    writer.write(
+        b"POST /cameras/garden/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+        b"Authorization: Bearer " + broker.token.encode() + b"\r\n"
+        b"Content-Length: " + str(len(frame)).encode() + b"\r\n\r\n" + frame[: len(frame) // 2]
+    )
+    await writer.drain()
+    writer.transport.abort()  # like a camera whose network died mid-frame
+    for _ in range(250):
+        warnings = [r for r in caplog.records if r.name == "broker.ingest" and r.levelno >= logging.WARNING]
+        if warnings:
+            break
+        await asyncio.sleep(0.02)
+    assert len(warnings) == 1
+    assert "garden" in warnings[0].getMessage() and warnings[0].levelno == logging.WARNING
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not [r for r in caplog.records if r.name == "aiohttp.access" and '" 500 ' in r.getMessage()]
+    assert await snapshot_bytes(http, broker, "garden") == good
 
 
 async def test_oversized_frames_are_refused(start_broker, http):
@@ -217,6 +269,33 @@ async def test_viewer_connected_first_is_counted_on_connect(broker, http):
     viewer = await http.ws_connect(broker.ws_url("/cameras/garden/ws"))
     ws = await http.ws_connect(broker.ws_url("/cameras/garden/publish"), headers=broker.auth)
     assert await next_json(ws) == {"type": "viewers", "count": 1}
+    await viewer.close()
+
+
+async def test_a_failed_viewer_count_closes_the_publisher_so_it_hears_again(
+    broker, http, monkeypatch, caplog
+):
+    """Sending a viewer count fails: the broker says so once and closes the publisher with
+    1011, so that its agent reconnects and hears the count, instead of never hearing again."""
+    pub = await publisher(http, broker, "garden")
+    original = web.WebSocketResponse.send_json
+    failures = []
+
+    async def send_json_once_failing(self: web.WebSocketResponse, data: object, **kwargs: object) -> None:
+        if not failures:
+            failures.append(data)
+            raise RuntimeError("send failed on purpose")
+        await original(self, data, **kwargs)
+
+    monkeypatch.setattr(web.WebSocketResponse, "send_json", send_json_once_failing)
+    viewer = await http.ws_connect(broker.ws_url("/cameras/garden/ws"))
+    msg = await asyncio.wait_for(pub.receive(), 5)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
+    assert failures == [{"type": "viewers", "count": 1}]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "broker.ingest" and r.levelno >= 30]
+    assert len(warnings) == 1 and "garden" in warnings[0] and "send failed on purpose" in warnings[0]
+    again = await http.ws_connect(broker.ws_url("/cameras/garden/publish"), headers=broker.auth)
+    assert await next_json(again) == {"type": "viewers", "count": 1}
     await viewer.close()
 
 

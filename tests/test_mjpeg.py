@@ -84,6 +84,28 @@ async def test_offline_camera_shows_no_signal_picture(broker, http):
             pass
 
 
+async def test_no_signal_picture_is_bounded_whatever_size_a_frame_claims(broker, http):
+    """A tiny JPEG whose header claims 8000x8000: the no-signal picture is drawn at most
+    1920x1080, scaled down with the camera's shape (square here), never at 8000x8000."""
+    liar = bytearray(make_jpeg(size=(32, 32)))
+    sof = liar.index(b"\xff\xc0")
+    liar[sof + 5 : sof + 9] = (8000).to_bytes(2, "big") * 2  # height, then width
+    pub = await publisher(http, broker, "huge")
+    await pub.send_bytes(bytes(liar))
+    async with http.get(broker.url("/api/cameras")) as resp:
+        (camera,) = (await resp.json())["cameras"]
+    assert (camera["width"], camera["height"]) == (8000, 8000)
+    async with http.get(broker.url("/cameras/huge/mjpeg")) as resp:
+        parts = PartReader(resp)
+        assert await parts.next_part() == liar
+        await pub.close()
+        part = bytes(liar)
+        while part == liar:
+            part = await parts.next_part()
+    image = cv2.imdecode(np.frombuffer(part, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (1080, 1080, 3)
+
+
 async def test_fps_cap_limits_frames_to_one_viewer(broker, http):
     """`?fps=2` on a 30 fps camera: about 2 frames a second, always recent ones."""
     pub = await publisher(http, broker, "garden")

@@ -25,6 +25,7 @@ from camera_agent.jpeg import complete_jpeg
 from camera_agent.sources import FrameSource, SourceUnavailable, open_source
 from camera_agent.sources.files import FilesSource
 from camera_agent.sources.handoff import Handoff
+from camera_agent.sources.mounts import NETWORK_FILESYSTEMS, filesystem_type
 from camera_agent.sources.opencv import OpenCVSource
 from camera_agent.sources.picamera import PicameraSource
 from camera_agent.sources.synthetic import SyntheticSource
@@ -238,13 +239,13 @@ async def test_files_cycles_the_folder_in_name_order(tmp_path: Path):
     assert got.frames[:6] == [a, b, c, a, b, c]
 
 
-async def test_files_watch_publishes_new_complete_files(tmp_path: Path):
+@pytest.mark.parametrize("method", ["events", "poll"])
+async def test_files_watch_publishes_new_complete_files(tmp_path: Path, method: str):
     """--watch: first the newest existing JPEG, then each new file once it is complete."""
     now = time.time()
     write_jpeg(tmp_path / "old.jpg", (1, 1, 1), mtime=now - 20)
     newest = write_jpeg(tmp_path / "newer.jpg", (2, 2, 2), mtime=now - 10)
-    source = FilesSource(tmp_path, watch=True)
-    source.poll_interval = 0.02
+    source = FilesSource(tmp_path, watch=True, watch_method=method, poll_interval=0.05)
     assert not source.steady
     frames: asyncio.Queue[bytes] = asyncio.Queue()
     task = asyncio.create_task(source.run(frames.put_nowait))
@@ -263,6 +264,54 @@ async def test_files_watch_publishes_new_complete_files(tmp_path: Path):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.parametrize("method", ["events", "poll"])
+def test_files_watch_keeps_only_the_newest_complete_file(tmp_path: Path, method: str):
+    """Twenty files written while nobody reads: reading gives the newest complete one
+    (or, if the watcher saw them in two batches, the newest of each), never all twenty."""
+    source = FilesSource(tmp_path, watch=True, watch_method=method, poll_interval=0.05)
+    stop = threading.Event()
+    reader = source.open_reader(stop)
+    watchdog = threading.Timer(20, stop.set)
+    watchdog.start()
+    try:
+        now = time.time()
+        written = [write_jpeg(tmp_path / f"{n:02}.jpg", (n, n, n), mtime=now + n) for n in range(20)]
+        partial = tmp_path / "99.jpg"  # the newest, but still being written
+        partial.write_bytes(written[0][:100])
+        os.utime(partial, (now + 30, now + 30))
+        reads = [reader.read()]
+        while reads[-1] not in (written[-1], None):
+            reads.append(reader.read())
+        watchdog.cancel()
+        order = [written.index(jpeg) for jpeg in reads]  # ValueError for anything not written
+        assert order[-1] == 19 and order == sorted(order) and len(order) <= 3, order
+        later = threading.Timer(1.0, stop.set)
+        later.start()
+        assert reader.read() is None  # nothing older waited behind: the read lasted until stopped
+        later.join()
+    finally:
+        watchdog.cancel()
+        stop.set()
+        reader.close()
+
+
+def test_filesystem_type_tells_network_folders_apart(tmp_path: Path):
+    """/proc/self/mountinfo decides: the deepest mount point holding the folder gives its type."""
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        "40 22 0:50 / /mnt/cams rw,relatime shared:2 - nfs4 nas:/export/cams rw,vers=4.2\n"
+        "41 22 0:51 / /mnt/my\\040share rw - cifs //nas/share rw\n"
+        "42 40 8:2 / /mnt/cams/local rw - ext4 /dev/sdb1 rw\n"
+    )
+    assert filesystem_type(Path("/mnt/cams/door"), mountinfo) == "nfs4"
+    assert filesystem_type(Path("/mnt/my share/x"), mountinfo) == "cifs"
+    assert filesystem_type(Path("/mnt/cams/local/x"), mountinfo) == "ext4"
+    assert filesystem_type(Path("/mnt/camsx"), mountinfo) == "ext4"
+    assert filesystem_type(Path("/x"), tmp_path / "missing") is None
+    assert {"nfs4", "cifs"} <= NETWORK_FILESYSTEMS
 
 
 def test_files_input_must_be_a_readable_folder(tmp_path: Path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["FrameCallback", "FrameSource", "SourceError", "SourceUnavailable"]
+__all__ = ["FrameCallback", "FrameSource", "SourceError", "SourceUnavailable", "import_failure"]
 
 #: Receives one complete JPEG; always called on the event-loop thread.
 FrameCallback = Callable[[bytes], None]
@@ -34,3 +34,11 @@ class FrameSource(Protocol):
     steady: bool
 
     async def run(self, on_frame: FrameCallback) -> None: ...
+
+
+def import_failure(what: str, exc: BaseException, remedy: str) -> str:
+    """One line for an optional module that cannot be imported: missing (ImportError), or
+    broken, e.g. built against another numpy (ValueError, AttributeError, RuntimeError)."""
+    lines = str(exc).strip().splitlines()
+    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return f"{what} cannot be imported ({detail}): {remedy}"

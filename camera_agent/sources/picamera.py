@@ -11,12 +11,13 @@ import asyncio
 import io
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import CameraConfig, ConfigError
-from .base import FrameCallback, SourceError, SourceUnavailable
+from .base import FrameCallback, SourceError, SourceUnavailable, import_failure
 from .handoff import Handoff
 
 __all__ = ["PicameraSource"]
@@ -51,11 +52,17 @@ def _import_api() -> _Api:
         from picamera2 import Picamera2
         from picamera2.encoders import JpegEncoder, Quality
         from picamera2.outputs import FileOutput
-    except ImportError as exc:
-        raise ConfigError(f"picamera2 is not available ({exc}): {INSTALL_HINT}") from None
+    except Exception as exc:  # missing, or broken (e.g. "numpy.dtype size changed"): one line
+        remedy = INSTALL_HINT
+        if "numpy" in str(exc) or "dtype" in str(exc):
+            remedy += (
+                f"; a numpy that pip put in this venv shadows Raspberry Pi OS's: remove it with "
+                f"'{sys.executable} -m pip uninstall numpy'"
+            )
+        raise ConfigError(import_failure("picamera2", exc, remedy)) from None
     try:
         from picamera2.encoders.mjpeg_encoder import MJPEGEncoder
-    except ImportError:
+    except Exception:  # no hardware encoder module: the software encoder is used
         MJPEGEncoder = None
     return _Api(Picamera2, JpegEncoder, Quality, FileOutput, Transform, MJPEGEncoder)
 

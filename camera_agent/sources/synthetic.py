@@ -1,31 +1,33 @@
-"""A moving test pattern: colour bars, a bouncing box, camera name, clock and frame counter."""
+"""A moving test pattern: colour bars, a bouncing box, camera name, clock and frame counter.
+
+Drawn and encoded with Pillow, so the pattern (and the broker's --demo, which uses it)
+needs neither OpenCV nor numpy.
+"""
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 
-import cv2
-import numpy as np
+from PIL import Image, ImageDraw
 
+from .lettering import text_mask
 from .threaded import FrameReader, ThreadedSource
 
 __all__ = ["SyntheticSource"]
 
-# 75% colour bars (BGR): white, yellow, cyan, green, magenta, red, blue.
-_BARS = np.array(
-    [
-        [191, 191, 191],
-        [0, 191, 191],
-        [191, 191, 0],
-        [0, 191, 0],
-        [191, 0, 191],
-        [0, 0, 191],
-        [191, 0, 0],
-    ],
-    dtype=np.uint8,
+# 75% colour bars (RGB): white, yellow, cyan, green, magenta, red, blue.
+_BARS = (
+    (191, 191, 191),
+    (191, 191, 0),
+    (0, 191, 191),
+    (0, 191, 0),
+    (191, 0, 191),
+    (191, 0, 0),
+    (0, 0, 191),
 )
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_WHITE = (255, 255, 255)
 
 
 class SyntheticSource(ThreadedSource):
@@ -56,57 +58,38 @@ class SyntheticSource(ThreadedSource):
         self.height = height
         self.quality = quality
         self.deterministic = deterministic
-        self._params = [cv2.IMWRITE_JPEG_QUALITY, quality]
-        self._scale = height / 480
-        # Twice as wide as the frame and periodic in `width`: scrolling is one slice.
-        self._background = self._make_background()
+        scale = height / 480
+        self._margin = int(10 * scale)
+        self._band = int(40 * scale)  # the caption band at the bottom
+        self._text_size = max(8, int(20 * scale))
         self._box = max(8, height // 6)
+        # Twice as wide as the frame and periodic in `width`: scrolling is one crop.
+        self._background = self._make_background()
+        self._name = text_mask(camera, self._text_size)
 
     def render(self, index: int) -> bytes:
         """Render frame ``index`` and return it as one JPEG."""
-        ok, buf = cv2.imencode(".jpg", self.draw(index), self._params)
-        if not ok:
-            raise RuntimeError("cv2.imencode failed on the test pattern")
-        return buf.tobytes()
+        out = io.BytesIO()
+        self.draw(index).save(out, "JPEG", quality=self.quality)
+        return out.getvalue()
 
-    def draw(self, index: int) -> np.ndarray:
-        """Frame ``index`` as a BGR image (what ``render`` encodes)."""
+    def draw(self, index: int) -> Image.Image:
+        """Frame ``index`` as an RGB image (what ``render`` encodes)."""
         w, h, box = self.width, self.height, self._box
         # Scroll one full frame width every 8 seconds of stream time.
         offset = int(index * w / (8 * self.fps)) % w
-        frame = self._background[:, offset : offset + w].copy()
+        frame = self._background.crop((offset, 0, offset + w, h))
 
         x = _bounce(index * 7, w - box)
         y = _bounce(index * 5, h * 2 // 3 - box)
-        cv2.rectangle(frame, (x, y), (x + box, y + box), (255, 255, 255), -1)
-        cv2.rectangle(frame, (x, y), (x + box, y + box), (0, 0, 0), max(1, box // 16))
+        ImageDraw.Draw(frame).rectangle(
+            (x, y, x + box - 1, y + box - 1), fill=_WHITE, outline=(0, 0, 0), width=max(1, box // 16)
+        )
 
-        scale, thick = 0.8 * self._scale, max(1, round(2 * self._scale))
-        band = int(40 * self._scale)
-        frame[h - band :, :] //= 3  # darken the caption band so text reads on any bar
-        baseline = h - int(12 * self._scale)
-        cv2.putText(
-            frame,
-            self.camera,
-            (int(10 * self._scale), baseline),
-            _FONT,
-            scale,
-            (255, 255, 255),
-            thick,
-            cv2.LINE_AA,
-        )
-        clock = f"{self._clock(index)}  #{index}"
-        (text_w, _), _ = cv2.getTextSize(clock, _FONT, scale, thick)
-        cv2.putText(
-            frame,
-            clock,
-            (w - text_w - int(10 * self._scale), baseline),
-            _FONT,
-            scale,
-            (255, 255, 255),
-            thick,
-            cv2.LINE_AA,
-        )
+        top = h - self._band + (self._band - self._name.height) // 2
+        frame.paste(_WHITE, (self._margin, top), self._name)
+        clock = text_mask(f"{self._clock(index)}  #{index}", self._text_size)
+        frame.paste(_WHITE, (w - clock.width - self._margin, top), clock)
         return frame
 
     def open_reader(self, stop: threading.Event) -> FrameReader:
@@ -121,14 +104,22 @@ class SyntheticSource(ThreadedSource):
             return f"{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
         return time.strftime("%H:%M:%S")
 
-    def _make_background(self) -> np.ndarray:
+    def _make_background(self) -> Image.Image:
+        """Bars over the top two thirds, a grey ramp below; the caption band darkened so that
+        white text reads on it. The box never reaches the band, so the band is drawn once."""
         w, h = self.width, self.height
         bars_h = h * 2 // 3
-        columns = (np.arange(2 * w) % w) * len(_BARS) // w
-        background = np.empty((h, 2 * w, 3), dtype=np.uint8)
-        background[:bars_h] = _BARS[columns][np.newaxis]
-        ramp = ((np.arange(2 * w) % w) * 255 // max(1, w - 1)).astype(np.uint8)
-        background[bars_h:] = ramp[np.newaxis, :, np.newaxis]
+        one = Image.new("RGB", (w, h))
+        draw = ImageDraw.Draw(one)
+        for n, colour in enumerate(_BARS):
+            draw.rectangle((n * w // len(_BARS), 0, (n + 1) * w // len(_BARS) - 1, bars_h - 1), fill=colour)
+        ramp = Image.frombytes("L", (w, 1), bytes(x * 255 // max(1, w - 1) for x in range(w)))
+        one.paste(ramp.resize((w, h - bars_h)).convert("RGB"), (0, bars_h))
+        band = one.crop((0, h - self._band, w, h)).point(lambda v: v // 3)
+        one.paste(band, (0, h - self._band))
+        background = Image.new("RGB", (2 * w, h))
+        background.paste(one, (0, 0))
+        background.paste(one, (w, 0))
         return background
 
 

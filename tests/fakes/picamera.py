@@ -51,6 +51,7 @@ class Rig:
     controls: dict[str, tuple[Any, Any, Any]] = field(default_factory=lambda: dict(DEFAULT_CONTROLS))
     fps: float = 30.0
     hang_after: int | None = None  # stop delivering after this many frames (a stalled camera)
+    corrupt: frozenset[int] = frozenset()  # frame numbers the encoder delivers cut short
     calls: list[Call] = field(default_factory=list)
     open_cameras: set[int] = field(default_factory=set)
     writer_threads: set[str] = field(default_factory=set)
@@ -66,7 +67,8 @@ class Rig:
         return [c for c in self.calls if c.name == name]
 
     def frame(self, index: int) -> bytes:
-        return self._pattern.render(index)
+        jpeg = self._pattern.render(index)
+        return jpeg[: len(jpeg) // 2] if index in self.corrupt else jpeg
 
 
 class _Transform:

@@ -7,6 +7,7 @@ import asyncio
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -43,20 +44,27 @@ def small_jpeg(width: int = 64, height: int = 48) -> bytes:
 
 
 class StampedSource:
-    """An async source of stamped JPEGs at ``fps``; frames are numbered across restarts."""
+    """An async source of stamped JPEGs at ``fps``; frames are numbered across restarts.
+    Frames whose number ``corrupt(index)`` accepts come out cut short, as from a flaky camera."""
 
     kind = "stamped"
     steady = True
 
-    def __init__(self, fps: float = 30.0, padding: int = 0) -> None:
+    def __init__(
+        self, fps: float = 30.0, padding: int = 0, corrupt: Callable[[int], bool] = lambda index: False
+    ) -> None:
         self.fps = fps
         self.padding = padding
+        self.corrupt = corrupt
         self.index = 0
+        self.runs = 0
         self._base = small_jpeg()
 
     async def run(self, on_frame: FrameCallback) -> None:
+        self.runs += 1
         while True:
-            on_frame(stamped_jpeg(self._base, self.index, self.padding))
+            jpeg = stamped_jpeg(self._base, self.index, self.padding)
+            on_frame(jpeg[: len(jpeg) // 2] if self.corrupt(self.index) else jpeg)
             self.index += 1
             await asyncio.sleep(1.0 / self.fps)
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .access import AccessPolicy
-from .app_keys import AUTH, BOUNDARY, HUB, INSTANCE, LIMITS, SETTINGS
+from .app_keys import AUTH, BOUNDARY, HUB, INSTANCE, LIMITS, METRICS, SETTINGS
 from .auth import Authenticator
 from .config import ConfigError, Settings, settings_from_env
 from .configfile import read_access
@@ -18,6 +18,7 @@ from .demo import demo_camera
 from .guard import guard_middleware
 from .hub import Hub
 from .limits import Limits
+from .metrics import Metrics, Rejections
 from .routes import setup_routes
 from .sessions import Sessions
 from .share import ShareLinks
@@ -64,9 +65,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
     if settings.public:
         log.warning("--public: anyone who can reach this broker may watch cameras without signing in")
     key = load_signing_key(settings)
+    rejections = Rejections()
     app = web.Application(
         client_max_size=settings.max_frame_bytes,
-        middlewares=[guard_middleware(settings)],
+        middlewares=[guard_middleware(settings, rejections)],
     )
     app[SETTINGS] = settings
     app[AUTH] = Authenticator(
@@ -74,9 +76,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
         Sessions(key, settings.session_lifetime, settings.state_dir),
         ShareLinks(key),
         FailureThrottle(settings.auth_failures_per_minute),
+        rejections,
     )
-    app[HUB] = Hub(settings)
-    app[LIMITS] = Limits(settings, exempt=settings.trusted_proxies)
+    app[LIMITS] = Limits(settings, exempt=settings.trusted_proxies, rejections=rejections)
+    app[METRICS] = Metrics(lambda: app[HUB].cameras(), lambda: app[LIMITS].connections, rejections)
+    app[HUB] = Hub(settings, fan_out_took=app[METRICS].fan_out.observe)
     app[BOUNDARY] = b"frame-" + secrets.token_hex(8).encode()
     app[INSTANCE] = secrets.token_hex(4)
     setup_routes(app, settings.static_dir)

@@ -8,8 +8,9 @@ from .auth import Authenticator
 from .config import Settings
 from .hub import Hub
 from .limits import Limits
+from .metrics import Metrics
 
-__all__ = ["AUTH", "BOUNDARY", "HUB", "INSTANCE", "LIMITS", "SETTINGS"]
+__all__ = ["AUTH", "BOUNDARY", "HUB", "INSTANCE", "LIMITS", "METRICS", "SETTINGS"]
 
 SETTINGS = web.AppKey("settings", Settings)
 HUB = web.AppKey("hub", Hub)
@@ -17,6 +18,8 @@ HUB = web.AppKey("hub", Hub)
 AUTH = web.AppKey("auth", Authenticator)
 # Caps on connections and viewers.
 LIMITS = web.AppKey("limits", Limits)
+# The Prometheus registry behind /metrics.
+METRICS = web.AppKey("metrics", Metrics)
 # The MJPEG multipart boundary, random per broker, shared by every stream so parts are built once.
 BOUNDARY = web.AppKey("boundary", bytes)
 # Random per broker start; part of ETags so a restarted broker's frame 1 is not "not modified".

@@ -21,6 +21,7 @@ from yarl import URL
 
 from .access import ANONYMOUS, AccessPolicy, Principal, User
 from .clients import Client, client_of
+from .metrics import Rejections
 from .passwords import PasswordHash, hash_password
 from .sessions import COOKIE_NAME, Sessions
 from .share import QUERY_PARAM, ShareExpired, ShareLinks, ShareRejected
@@ -47,9 +48,15 @@ class Authenticator:
     """Applies an AccessPolicy to requests: establishes the principal and answers 400/401/403/429."""
 
     def __init__(
-        self, policy: AccessPolicy, sessions: Sessions, shares: ShareLinks, throttle: FailureThrottle
+        self,
+        policy: AccessPolicy,
+        sessions: Sessions,
+        shares: ShareLinks,
+        throttle: FailureThrottle,
+        rejections: Rejections,
     ) -> None:
         self.policy = policy
+        self._rejections = rejections
         self.sessions = sessions
         self.shares = shares
         self.throttle = throttle
@@ -210,6 +217,7 @@ class Authenticator:
     def _refuse_if_throttled(self, client: Client) -> None:
         wait = self.throttle.retry_after(client.address)
         if wait is not None:
+            self._rejections.count("throttled")
             raise web.HTTPTooManyRequests(
                 text=f"too many wrong credentials from {client.address}; try again in {wait} s\n",
                 headers={"Retry-After": str(wait)},
@@ -228,6 +236,7 @@ class Authenticator:
             where,
             extra={"peer": client.address, "camera": camera},
         )
+        self._rejections.count("auth")
         self.throttle.failed(client.address, what)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from . import wire
@@ -30,6 +31,11 @@ class Viewer(Protocol):
 
     kind: str  # for counting only ("ws", "mjpeg")
     needs_tick: bool  # tick() wanted on every sweep (MJPEG keep-alives)
+    peer: str
+    connected_at: float  # Unix time
+    frames_written: int
+    frames_skipped: int
+    last_seq: int  # sequence number of the last frame written
 
     def offer(self, frame: Frame, now: float) -> None:
         """Take the newest frame (sent now, or kept as the one pending)."""
@@ -58,7 +64,9 @@ class Channel:
     ingest too, so latency stays bounded instead of queueing up behind the publisher.
     """
 
-    def __init__(self, camera: str, *, offline_after: float) -> None:
+    def __init__(
+        self, camera: str, *, offline_after: float, fan_out_took: Callable[[float], None] | None = None
+    ) -> None:
         self.camera = camera
         self.latest: Frame | None = None
         self.publisher: Publisher | None = None
@@ -76,6 +84,10 @@ class Channel:
         self._offline_after = offline_after
         self._viewers: set[Viewer] = set()
         self._ticking: set[Viewer] = set()
+        # Frames written and skipped by viewers that have left; those present count their own.
+        self.departed_sent = 0
+        self.departed_skipped = 0
+        self._fan_out_took = fan_out_took
         self._fan_out_handle: asyncio.Handle | None = None
         self._demand_since = time.monotonic()
         self.last_active = self._demand_since  # monotonic: last frame, viewer, snapshot or publisher
@@ -149,6 +161,11 @@ class Channel:
         """WebSocket and MJPEG viewers now connected."""
         return len(self._viewers)
 
+    @property
+    def viewers(self) -> frozenset[Viewer]:
+        """The viewers now connected (a copy: for reports, not for the hot path)."""
+        return frozenset(self._viewers)
+
     def viewer_counts(self) -> dict[str, int]:
         """Viewers by kind ("ws", "mjpeg")."""
         counts = {"ws": 0, "mjpeg": 0}
@@ -172,6 +189,9 @@ class Channel:
 
     def remove_viewer(self, viewer: Viewer) -> None:
         """Stop feeding `viewer`."""
+        if viewer in self._viewers:
+            self.departed_sent += viewer.frames_written
+            self.departed_skipped += viewer.frames_skipped
         self._viewers.discard(viewer)
         self._ticking.discard(viewer)
         self.last_active = time.monotonic()
@@ -254,6 +274,9 @@ class Channel:
         now = time.monotonic()
         for viewer in self._viewers:
             viewer.offer(frame, now)
+        if self._fan_out_took is not None:
+            # Once per frame: from the frame's arrival until every viewer has been offered it.
+            self._fan_out_took(time.monotonic() - frame.received_mono)
 
     def _set_online(self, online: bool) -> None:
         self._online = online

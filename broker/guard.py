@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from .clients import CLIENT, Client, ClientIdentifier, normalize_origin
 from .config import Settings, is_loopback
+from .metrics import Rejections
 from .sessions import COOKIE_NAME
 
 __all__ = ["HostPolicy", "guard_middleware"]
@@ -66,7 +67,7 @@ def _is_ip_literal(name: str) -> bool:
     return True
 
 
-def guard_middleware(settings: Settings) -> Middleware:
+def guard_middleware(settings: Settings, rejections: Rejections) -> Middleware:
     """Identify the client, then refuse foreign hosts (421) and foreign origins (403) before any handler."""
     identifier = ClientIdentifier(settings.trusted_proxies)
     hosts = HostPolicy(settings.allowed_hosts, settings.on_loopback)
@@ -83,6 +84,7 @@ def guard_middleware(settings: Settings) -> Middleware:
                 _shown(client.host),
                 extra={"peer": client.address},
             )
+            rejections.count("host")
             raise web.HTTPMisdirectedRequest(
                 text="this broker does not answer to that host name (see --allowed-hosts)\n"
             )
@@ -98,6 +100,7 @@ def guard_middleware(settings: Settings) -> Middleware:
                 _shown(origin),
                 extra={"peer": client.address},
             )
+            rejections.count("origin")
             raise web.HTTPForbidden(
                 text="requests from another site's page are refused (see --allowed-origins)\n"
             )

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from .channel import Channel
@@ -32,8 +32,9 @@ class Connection(Protocol):
 class Hub:
     """Maps camera ids to channels, keeps their online state fresh, and closes everything on exit."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, fan_out_took: Callable[[float], None] | None = None) -> None:
         self._settings = settings
+        self._fan_out_took = fan_out_took
         self._channels: dict[str, Channel] = {}
         self._connections: set[Connection] = set()
 
@@ -73,7 +74,7 @@ class Hub:
             del self._channels[channel.camera]
 
     def _new_channel(self, camera: str) -> Channel:
-        return Channel(camera, offline_after=self._settings.offline_after)
+        return Channel(camera, offline_after=self._settings.offline_after, fan_out_took=self._fan_out_took)
 
     def cameras(self) -> list[Channel]:
         """Cameras that have had a publisher, sorted by id."""

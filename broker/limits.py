@@ -19,6 +19,7 @@ from aiohttp import web
 from .clients import Client
 from .config import Settings
 from .lograte import LogLimiter
+from .metrics import Rejections
 
 __all__ = ["Limits", "ViewerTicket"]
 
@@ -51,8 +52,11 @@ ViewerTicket = Callable[[], None]  # call once when the viewer leaves
 class Limits:
     """Counts connections and viewers and says no before a cap is passed."""
 
-    def __init__(self, settings: Settings, exempt: Sequence[str] = ()) -> None:
+    def __init__(
+        self, settings: Settings, exempt: Sequence[str] = (), rejections: Rejections | None = None
+    ) -> None:
         self._settings = settings
+        self._rejections = rejections or Rejections()
         self._exempt = tuple(ipaddress.ip_network(net, strict=False) for net in exempt)
         self._fd_limit = open_file_limit()
         self._fd_baseline = descriptors_in_use()
@@ -78,22 +82,22 @@ class Limits:
         limited = not self._is_exempt(address)
         if limited and self._viewers_per_address[address] >= settings.max_connections_per_ip:
             self._refuse(
-                "address",
+                "viewers_per_ip",
                 f"too many viewers from {address} (max_connections_per_ip={settings.max_connections_per_ip})",
                 web.HTTPTooManyRequests,
             )
         if self.viewers >= settings.max_viewers:
-            self._refuse("broker", f"the broker is full (max_viewers={settings.max_viewers})")
+            self._refuse("viewers", f"the broker is full (max_viewers={settings.max_viewers})")
         if self._descriptors_left() < 2 + settings.descriptor_reserve:
             self._refuse("descriptors", "the broker is full (it is close to its limit of open files)")
         if camera_viewers >= settings.max_viewers_per_camera:
             self._refuse(
-                "camera",
+                "viewers_per_camera",
                 f"camera {camera!r} is full (max_viewers_per_camera={settings.max_viewers_per_camera})",
             )
         if waiting is not None and waiting >= settings.max_waiting_viewers:
             self._refuse(
-                "waiting",
+                "waiting_viewers",
                 f"too many viewers wait for cameras that never published (max_waiting_viewers="
                 f"{settings.max_waiting_viewers})",
             )
@@ -149,12 +153,17 @@ class Limits:
         self._connections_per_peer[peer] += 1
         # Publishers and short requests may use half the reserve; viewers stop before it.
         if self._descriptors_left() < self._settings.descriptor_reserve // 2:
+            self._rejections.count("connections")
             self._refusals.warning("connections", "refusing connections: close to the limit of open files")
             return _raw_refusal(503, "the broker is full (it is close to its limit of open files)")
         limit = self._settings.max_connections_per_ip
         if not self._is_exempt(peer) and self._connections_per_peer[peer] > limit:
+            self._rejections.count("connections_per_ip")
             self._refusals.warning(
-                "peer", "refusing connections from %s: more than max_connections_per_ip=%d", peer, limit
+                "connections_per_ip",
+                "refusing connections from %s: more than max_connections_per_ip=%d",
+                peer,
+                limit,
             )
             return _raw_refusal(429, f"too many connections from {peer} (max_connections_per_ip={limit})")
         return None
@@ -184,6 +193,7 @@ class Limits:
     def _refuse(
         self, reason: str, text: str, kind: type[web.HTTPException] = web.HTTPServiceUnavailable
     ) -> None:
+        self._rejections.count(reason)
         self._refusals.warning(reason, "refusing viewers: %s", text)
         raise kind(text=text + "; try again later\n", headers={"Retry-After": RETRY_AFTER})
 

@@ -21,6 +21,8 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     app.router.add_get("/cameras/{camera}/snapshot.jpg", snapshot.snapshot)
     app.router.add_get("/cameras/{camera}/mjpeg", mjpeg.view_mjpeg)
     app.router.add_get("/api/cameras", api.cameras)
+    app.router.add_get("/api/cameras/{camera}", api.camera_detail)
+    app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/api/session", signin.session_info)
     app.router.add_post("/login", signin.sign_in)
     app.router.add_post("/logout", signin.sign_out)

@@ -49,9 +49,11 @@ class FrameWriter:
         "_sock",
         "_stream",
         "_transport",
+        "connected_at",
         "frames_skipped",
         "frames_written",
         "kind",
+        "last_seq",
         "peer",
     )
 
@@ -82,6 +84,8 @@ class FrameWriter:
         self._closed = asyncio.get_running_loop().create_future()
         self.frames_written = 0
         self.frames_skipped = 0
+        self.last_seq = 0  # sequence number of the last frame written: lag = newest - this
+        self.connected_at = time.time()
         # Pause the protocol as soon as anything is left unsent, and resume only when
         # all of it has gone to the kernel: the drain wait then means "ready for the next frame".
         transport.set_write_buffer_limits(high=0, low=0)
@@ -152,6 +156,7 @@ class FrameWriter:
                     transport.write(memoryview(data)[sent:])
             self._last_write = now
             self.frames_written += 1
+            self.last_seq = frame.seq
             return
         if not self._open:
             return
@@ -220,6 +225,7 @@ class FrameWriter:
                     self._write(self._encode(frame))
                     self._last_write = now
                     self.frames_written += 1
+                    self.last_seq = frame.seq
         except TimeoutError:
             self._flusher = None
             self.abort(f"its socket accepted nothing for {self._send_timeout:g} s")

@@ -1,0 +1,95 @@
+"""Prometheus metrics and the per-viewer detail of a camera, as an operator reads them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from .access_support import GARDEN_TOKEN, basic, family_config
+from .conftest import make_jpeg, next_binary, publisher
+
+
+async def scrape(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> dict:
+    """{(metric sample name, labels as a sorted tuple): value} from /metrics."""
+    async with http.get(url, headers=headers or {}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_frames_viewers_and_rejections(broker, http):
+    """Per camera: received, bytes, sent, viewers, publisher, age; broker-wide: rejections, process."""
+    pub = await publisher(http, broker, "garden")
+    viewer = await http.ws_connect(broker.ws_url("/cameras/garden/ws"))
+    frames = [make_jpeg((n, 0, 0)) for n in range(5)]
+    for frame in frames:
+        await pub.send_bytes(frame)
+        assert await next_binary(viewer) == frame
+    async with http.get(broker.url("/cameras/garden/ws"), headers={"Host": "evil.example"}) as resp:
+        assert resp.status == 421
+    metrics = await scrape(http, broker.url("/metrics"))
+    camera = (("camera", "garden"),)
+    assert metrics[("framebroker_frames_received_total", camera)] == 5
+    assert metrics[("framebroker_bytes_received_total", camera)] == sum(map(len, frames))
+    assert metrics[("framebroker_frames_sent_total", camera)] == 5
+    assert metrics[("framebroker_viewers", (("camera", "garden"), ("kind", "ws")))] == 1
+    assert metrics[("framebroker_publisher_connected", camera)] == 1
+    assert 0 <= metrics[("framebroker_frame_age_seconds", camera)] < 10
+    assert metrics[("framebroker_rejected_total", (("reason", "host"),))] == 1
+    assert metrics[("framebroker_ingest_to_write_seconds_count", ())] == 5
+    assert ("process_resident_memory_bytes", ()) in metrics
+    assert metrics[("framebroker_connections", ())] >= 2
+    await viewer.close()
+    await asyncio.sleep(0.1)
+    metrics = await scrape(http, broker.url("/metrics"))
+    assert metrics[("framebroker_frames_sent_total", camera)] == 5  # a viewer that left still counts
+    await pub.close()
+
+
+async def test_metrics_show_only_the_cameras_one_may_watch(start_broker, http, tmp_path):
+    """/metrics follows the camera list's rules: 401 without credentials, bob sees no garden series."""
+    broker = await start_broker(config=family_config(tmp_path))
+    for camera, token in (("garden", GARDEN_TOKEN), ("door", broker.token)):
+        async with http.post(
+            broker.url(f"/cameras/{camera}/publish"),
+            data=make_jpeg(),
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
+            assert resp.status == 204
+    async with http.get(broker.url("/metrics")) as resp:
+        assert resp.status == 401
+    bob = await scrape(http, broker.url("/metrics"), basic("bob"))
+    cameras = {dict(labels).get("camera") for _, labels in bob} - {None}
+    assert cameras == {"door"}
+
+
+async def test_camera_detail_lists_each_viewer_and_its_lag(broker, http):
+    """/api/cameras/{id}: kind, address, since, frames written and skipped, lag in frames, per viewer."""
+    pub = await publisher(http, broker, "garden")
+    await pub.send_bytes(make_jpeg())
+    ws = await http.ws_connect(broker.ws_url("/cameras/garden/ws"))
+    await next_binary(ws)
+    mjpeg = await http.get(broker.url("/cameras/garden/mjpeg"))
+    await mjpeg.content.read(100)
+    async with http.get(broker.url("/api/cameras/garden")) as resp:
+        detail = await resp.json()
+    assert detail["id"] == "garden" and detail["viewers"] == {"ws": 1, "mjpeg": 1}
+    kinds = sorted(v["kind"] for v in detail["viewer_list"])
+    assert kinds == ["mjpeg", "ws"]
+    for entry in detail["viewer_list"]:
+        assert entry["address"] == "127.0.0.1"
+        assert entry["frames_written"] >= 1 and entry["frames_skipped"] == 0
+        assert entry["lag_frames"] == 0
+        assert entry["connected_since"] > 1_700_000_000
+    async with http.get(broker.url("/api/cameras/nope")) as resp:
+        assert resp.status == 404
+    mjpeg.close()
+    await ws.close()
+    await pub.close()

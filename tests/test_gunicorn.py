@@ -16,9 +16,9 @@ import gunicorn.config
 import pytest
 import trustme
 
-from .conftest import TOKEN, make_jpeg, next_binary, next_json
+from .conftest import TOKEN, next_binary, next_json
 from .test_mjpeg import PartReader
-from .tls_support import client_context, issue
+from .tls_support import camera_frames, client_context, issue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,7 +105,7 @@ async def test_gunicorn_recipe_serves_tls_frames_and_redacts_the_token(gunicorn_
     """Under gunicorn with --certfile: a wss publisher with ?token=, wss and https MJPEG viewers get
     byte-identical JPEGs, a POST with ?token= becomes the snapshot; the access log shows ?token=***
     and never the token; no ERROR."""
-    frames = [make_jpeg((i * 50, 80, 200), size=(1280, 720), text=str(i), noise=i + 1) for i in range(4)]
+    frames = camera_frames(4)
     connector = aiohttp.TCPConnector(ssl=client_context(ca), limit=0)
     async with aiohttp.ClientSession(connector=connector) as https:
         await wait_healthy(https, gunicorn_broker)

@@ -23,7 +23,7 @@ from broker.server import BrokerServer
 from .access_support import PASSWORDS, family_config
 from .conftest import TOKEN, make_jpeg, next_binary, next_json, publisher
 from .test_mjpeg import PartReader
-from .tls_support import CertFiles, client_context, issue
+from .tls_support import CertFiles, camera_frames, client_context, issue
 
 
 @pytest.fixture
@@ -49,15 +49,6 @@ async def https(ca):
     connector = aiohttp.TCPConnector(ssl=client_context(ca), limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         yield session
-
-
-def camera_frames(count: int) -> list[bytes]:
-    """Distinct 720p JPEGs of about 120 kB: each spans several TLS records."""
-    frames = [
-        make_jpeg((i * 40 % 255, 90, 160), size=(1280, 720), text=str(i), noise=i + 1) for i in range(count)
-    ]
-    assert min(map(len, frames)) > 64 * 1024
-    return frames
 
 
 async def presented_certificate(port: int, ca: trustme.CA) -> bytes:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import trustme
 
+from .conftest import make_jpeg
+
 
 @dataclass(frozen=True)
 class CertFiles:
@@ -45,3 +47,12 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
+
+
+def camera_frames(count: int) -> list[bytes]:
+    """Distinct 720p JPEGs of about 120 kB: each spans several TLS records."""
+    frames = [
+        make_jpeg((i * 40 % 255, 90, 160), size=(1280, 720), text=str(i), noise=i + 1) for i in range(count)
+    ]
+    assert min(map(len, frames)) > 64 * 1024
+    return frames

@@ -17,6 +17,9 @@ from .viewers import Viewer
 __all__ = ["TLS_READ", "TlsViewer"]
 
 TLS_READ = 1 << 16  # more than a TLS record (16 kB) of plaintext per read
+# Bytes read per epoll event, about two 720p frames: as much as a plain viewer takes in one
+# go, so that neither reads much more often than the other, and every viewer gets its turn.
+READ_BUDGET = 1 << 18
 
 
 class TlsViewer(Viewer):
@@ -26,8 +29,7 @@ class TlsViewer(Viewer):
     epoll (want-read, want-write), then the request goes out. TLS has no MSG_TRUNC: each
     record is decrypted into `sink`, one buffer shared by the process's TLS viewers, and
     parsed from there, so the server encrypts for and is paced by a reader like a real
-    one. OpenSSL may hold decrypted bytes that epoll cannot see, so a read goes on while
-    `pending()` says some are left.
+    one. Each epoll event reads until the socket is empty or READ_BUDGET is reached.
     """
 
     __slots__ = ("_context", "_sink", "_sink_view")
@@ -87,6 +89,7 @@ class TlsViewer(Viewer):
     def _read(self) -> None:
         sock = self.sock
         assert isinstance(sock, ssl.SSLSocket)
+        taken = 0
         while True:
             try:
                 count = sock.recv_into(self._sink, len(self._sink))
@@ -102,5 +105,7 @@ class TlsViewer(Viewer):
                 self.parser.feed(self._sink_view[:count])
             else:
                 self._take_head(bytes(self._sink_view[:count]))
-            if self.state == CLOSED or not sock.pending():
+            taken += count
+            # Bytes OpenSSL decrypted already are not seen by epoll: stop only without any.
+            if self.state == CLOSED or (taken >= READ_BUDGET and not sock.pending()):
                 return

@@ -44,7 +44,7 @@ class BrokerServer:
 
     @property
     def scheme(self) -> str:
-        """ "https" with TLS, else "http"."""
+        """The URL scheme clients use: https with TLS, else http."""
         return "http" if self.certificate is None else "https"
 
     @property
@@ -81,8 +81,8 @@ class BrokerServer:
 class _Site(web.BaseSite):
     """A TCP site; with a certificate, each connection completes TLS through a TLSAcceptor first.
 
-    aiohttp's TCPSite hands the certificate to the loop's own TLS server, which has no
-    bounded, logged handshake (see tls.py).
+    aiohttp's TCPSite would hand the certificate to the loop's own TLS server, without a
+    bound on the handshake and without a log line when one fails (see tls.py).
     """
 
     __slots__ = ("_certificate", "_handshake_timeout", "_host", "_port", "_tls")

@@ -135,9 +135,10 @@ class _Accepted(asyncio.Protocol):
         self._acceptor = acceptor
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = _address(transport)
+        tcp = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
+        peer = _address(tcp)
         try:
-            sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+            sock = socket.socket(fileno=os.dup(tcp.get_extra_info("socket").fileno()))
         except OSError as exc:
             log.warning(
                 "client %s: disconnected: no descriptor left for its TLS handshake (%s)",
@@ -145,9 +146,9 @@ class _Accepted(asyncio.Protocol):
                 exc,
                 extra={"peer": peer},
             )
-            transport.abort()
+            tcp.abort()
             return
-        cast(asyncio.Transport, transport).abort()
+        tcp.abort()
         sock.setblocking(False)
         self._acceptor.start(sock, peer)
 

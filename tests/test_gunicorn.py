@@ -4,6 +4,7 @@ publish token redacted in gunicorn's access log, nothing logged at ERROR."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import trustme
 
 from .conftest import TOKEN, next_binary, next_json
 from .test_mjpeg import PartReader
-from .tls_support import camera_frames, client_context, issue
+from .tls_support import camera_frames, client_context, issue, next_new_part
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,14 +120,10 @@ async def test_gunicorn_recipe_serves_tls_frames_and_redacts_the_token(gunicorn_
             assert mjpeg.status == 200
             parts = PartReader(mjpeg)
             assert await parts.next_part() == frames[0]
-            previous = frames[0]
-            for frame in frames[1:]:
+            for previous, frame in itertools.pairwise(frames):
                 await pub.send_bytes(frame)
                 assert await next_binary(viewer) == frame
-                while (part := await parts.next_part()) == previous:
-                    pass  # a keep-alive repeat of the previous frame
-                assert part == frame
-                previous = frame
+                assert await next_new_part(parts, previous) == frame
         await viewer.close()
         await pub.close()
         url = gunicorn_broker.url(f"/cameras/door/publish?token={TOKEN}")

@@ -4,6 +4,7 @@ bad certificate files stop the start, and SIGHUP swaps the certificate without d
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import signal
 import socket
@@ -23,7 +24,7 @@ from broker.server import BrokerServer
 from .access_support import PASSWORDS, family_config
 from .conftest import TOKEN, make_jpeg, next_binary, next_json, publisher
 from .test_mjpeg import PartReader
-from .tls_support import CertFiles, camera_frames, client_context, issue
+from .tls_support import CertFiles, camera_frames, client_context, issue, next_new_part
 
 
 @pytest.fixture
@@ -98,13 +99,9 @@ async def test_https_mjpeg_and_snapshots_are_byte_identical(tls_broker, https):
         assert resp.status == 200
         parts = PartReader(resp)
         assert await parts.next_part() == frames[0]
-        previous = frames[0]
-        for frame in frames[1:]:
+        for previous, frame in itertools.pairwise(frames):
             await post(frame)
-            while (part := await parts.next_part()) == previous:
-                pass  # a keep-alive repeat of the previous frame
-            assert part == frame
-            previous = frame
+            assert await next_new_part(parts, previous) == frame
     async with https.get(tls_broker.url("/cameras/door/snapshot.jpg")) as resp:
         assert resp.status == 200
         assert await resp.read() == frames[-1]

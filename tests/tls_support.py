@@ -9,6 +9,7 @@ from pathlib import Path
 import trustme
 
 from .conftest import make_jpeg
+from .test_mjpeg import PartReader
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,10 @@ def camera_frames(count: int) -> list[bytes]:
     ]
     assert min(map(len, frames)) > 64 * 1024
     return frames
+
+
+async def next_new_part(parts: PartReader, previous: bytes) -> bytes:
+    """The next MJPEG part that is not a keep-alive repeat of `previous`."""
+    while (part := await parts.next_part()) == previous:
+        pass
+    return part

@@ -22,10 +22,11 @@ from .report import Row, append_json, notes, table
 from .run import RunSpec, measure
 from .servers import Server, check_reachable, started
 from .target import Target
+from .tls import throwaway_certificate
 
 __all__ = ["main"]
 
-SCENARIOS = ("s1", "ws", "mjpeg", "snapshot", "idle", "all")
+SCENARIOS = ("s1", "ws", "mjpeg", "snapshot", "idle", "wss", "all")
 HD = (1280, 720)
 VGA = (640, 480)
 CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -38,6 +39,9 @@ scenarios (each may give several rows; --viewers replaces the client counts):
   mjpeg     1280x720 at 30 fps, 250 and 1000 MJPEG viewers
   snapshot  1280x720 at 30 fps published, 50 keep-alive clients fetching snapshot.jpg
   idle      1000 WebSocket viewers of a camera without publisher: server RSS per viewer
+  wss       1280x720 at 30 fps, 50 and 150 WebSocket viewers over TLS (a broker with a
+            throwaway certificate; the viewers decrypt every byte), then the same broker on
+            plain TCP: "TLS vs TCP" divides the CPU per frame of the two
   all       all of the above, one after the other
 Without --scenario and without --ws/--mjpeg/--snapshots, s1 runs.
 
@@ -248,6 +252,8 @@ def _preset(name: str, args: argparse.Namespace) -> list[RunSpec]:
         return [_spec(args, name, mjpeg=count, size=HD) for count in args.viewers or [250, 1000]]
     if name == "snapshot":
         return [_spec(args, name, snapshots=count, size=HD) for count in args.viewers or [50]]
+    if name == "wss":
+        return [_spec(args, name, ws=count, size=HD, tls=True) for count in args.viewers or [50, 150]]
     return [_spec(args, name, ws=count, size=HD, idle=True) for count in args.viewers or [1000]]
 
 
@@ -260,6 +266,7 @@ def _spec(
     mjpeg: int = 0,
     snapshots: int = 0,
     idle: bool = False,
+    tls: bool = False,
 ) -> RunSpec:
     return RunSpec(
         scenario=scenario,
@@ -275,6 +282,7 @@ def _spec(
         idle=idle,
         connect_timeout=args.connect_timeout,
         workers=max(1, args.workers),
+        tls=tls,
     )
 
 
@@ -302,6 +310,8 @@ class _Plan:
         if not CAMERA_ID.fullmatch(args.camera):
             raise ValueError(f"--camera {args.camera!r}: use 1-64 characters from A-Z a-z 0-9 _ -")
         url = _url_target(args.url, args.camera) if args.url else None
+        if url is not None and any(spec.tls for spec in specs):
+            raise ValueError("--scenario wss starts its own broker with a certificate: leave out --url")
         if args.pid is not None and url is None:
             raise ValueError("--pid goes with --url: the bench knows the servers it starts")
         if args.pid is not None and not Path(f"/proc/{args.pid}").exists():
@@ -337,20 +347,9 @@ class _Plan:
             check_reachable(self.url)
         for spec in specs:
             jpegs = [] if spec.idle else self._frames(spec.size)
-            measured: list[Row] = []
-            if self.url is not None:
-                server = Server(self.url.authority, self.url, self.pid)
-                measured.append(measure(spec, server, jpegs, self.token, None, progress))
-            else:
-                with started("broker", self.camera, self.token, self.server_core) as server:
-                    measured.append(measure(spec, server, jpegs, self.token, self.server_core, progress))
-            if self.baseline:
-                with started("ideal", self.camera, self.token, self.server_core) as server:
-                    ideal = measure(spec, server, jpegs, self.token, self.server_core, progress)
-                cost, floor = measured[0].cost, ideal.cost
-                if cost is not None and floor:
-                    measured[0] = dataclasses.replace(measured[0], ratio_vs_ideal=cost / floor)
-                measured.append(ideal)
+            measured = (
+                self._tls_rows(spec, jpegs, progress) if spec.tls else self._rows(spec, jpegs, progress)
+            )
             for row in measured:
                 for line in notes(row):
                     progress.show(f"note: {line}")
@@ -358,6 +357,44 @@ class _Plan:
             rows.extend(measured)
             if self.json is not None:
                 append_json(self.json, measured)
+
+    def _rows(self, spec: RunSpec, jpegs: list[bytes], progress: Progress) -> list[Row]:
+        """The broker's row, and the ideal relay's with the baseline."""
+        measured: list[Row] = []
+        if self.url is not None:
+            server = Server(self.url.authority, self.url, self.pid)
+            measured.append(measure(spec, server, jpegs, self.token, None, progress))
+        else:
+            with started("broker", self.camera, self.token, self.server_core) as server:
+                measured.append(measure(spec, server, jpegs, self.token, self.server_core, progress))
+        if self.baseline:
+            with started("ideal", self.camera, self.token, self.server_core) as server:
+                ideal = measure(spec, server, jpegs, self.token, self.server_core, progress)
+            cost, floor = measured[0].cost, ideal.cost
+            if cost is not None and floor:
+                measured[0] = dataclasses.replace(measured[0], ratio_vs_ideal=cost / floor)
+            measured.append(ideal)
+        return measured
+
+    def _tls_rows(self, spec: RunSpec, jpegs: list[bytes], progress: Progress) -> list[Row]:
+        """The broker over TLS, then the same broker on plain TCP (and the ideal relay): what TLS costs."""
+        with (
+            throwaway_certificate() as tls,
+            started("broker", self.camera, self.token, self.server_core, tls) as server,
+        ):
+            over_tls = measure(
+                spec,
+                dataclasses.replace(server, name="broker (TLS)"),
+                jpegs,
+                self.token,
+                self.server_core,
+                progress,
+            )
+        plain = self._rows(spec, jpegs, progress)
+        cost, floor = over_tls.cost, plain[0].cost
+        if cost is not None and floor:
+            over_tls = dataclasses.replace(over_tls, ratio_vs_tcp=cost / floor)
+        return [over_tls, *plain]
 
     def _frames(self, size: tuple[int, int]) -> list[bytes]:
         if size not in self.frames:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from .target import Target
 
-__all__ = ["CLOSED", "Buffers", "Client", "parse_head", "split_head"]
+__all__ = ["CLOSED", "CONNECTING", "HEAD", "OPEN", "Buffers", "Client", "parse_head", "split_head"]
 
 MAX_HEAD = 65536
 CONNECTING, HEAD, OPEN, CLOSED = range(4)
@@ -161,6 +161,10 @@ class Client(ABC):
         if not data:
             self.fail("the server closed the connection before answering")
             return
+        self._take_head(data)
+
+    def _take_head(self, data: bytes) -> None:
+        """Bytes read while the response head is due: open the connection once the head is complete."""
         self._head += data
         split = split_head(self._head)
         if split is None:

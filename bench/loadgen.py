@@ -20,6 +20,7 @@ import time
 from array import array
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -28,6 +29,7 @@ from .parser import WebSocketParser
 from .snapshots import SnapshotClient
 from .tally import Tally
 from .target import Target
+from .tlsviewer import TLS_READ, TlsViewer
 from .viewers import Viewer
 
 __all__ = ["WorkerResult", "WorkerSpec", "work"]
@@ -85,9 +87,11 @@ class LoadWorker:
         self.poller.register(control.fileno(), select.EPOLLIN)
         self.tally = Tally()
         buffers = Buffers()
+        context = spec.target.client_context()
+        viewer_class = partial(TlsViewer, context=context, sink=bytearray(TLS_READ)) if context else Viewer
         viewers = [
-            Viewer(spec.target, self.poller, self._settled, kind=kind, header=spec.header, tally=self.tally,
-                   buffers=buffers)
+            viewer_class(spec.target, self.poller, self._settled, kind=kind, header=spec.header,
+                         tally=self.tally, buffers=buffers)
             for kind, count in (("ws", spec.ws), ("mjpeg", spec.mjpeg))
             for _ in range(count)
         ]  # fmt: skip

@@ -64,6 +64,7 @@ class Row:
     bench_cpu_pct: float
     bench_bound: bool
     ratio_vs_ideal: float | None = None
+    ratio_vs_tcp: float | None = None  # a TLS row's cost divided by the same broker's on plain TCP
 
     @property
     def cost(self) -> float | None:
@@ -115,17 +116,26 @@ _HEADER = (
     "server RSS MB",
     "bench CPU %",
 )
-_RIGHT = frozenset(("frame kB", "delivered %", "vs ideal", "server RSS MB", "bench CPU %"))
+_TLS_COLUMN = "TLS vs TCP"  # only in tables with a TLS row
+_RIGHT = frozenset(("frame kB", "delivered %", "vs ideal", _TLS_COLUMN, "server RSS MB", "bench CPU %"))
 
 
 def table(rows: Iterable[Row]) -> str:
     """The rows as one Markdown table."""
+    rows = list(rows)
+    header = list(_HEADER)
+    tls_at = header.index("vs ideal") + 1 if any(row.ratio_vs_tcp is not None for row in rows) else None
+    if tls_at is not None:
+        header.insert(tls_at, _TLS_COLUMN)
     lines = [
-        "| " + " | ".join(_HEADER) + " |",
-        "|" + "|".join("---:" if name in _RIGHT else "---" for name in _HEADER) + "|",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if name in _RIGHT else "---" for name in header) + "|",
     ]
     for row in rows:
-        lines.append("| " + " | ".join(_cells(row)) + " |")
+        cells = _cells(row)
+        if tls_at is not None:
+            cells.insert(tls_at, "-" if row.ratio_vs_tcp is None else f"{row.ratio_vs_tcp:.2f}x")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

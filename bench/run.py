@@ -58,6 +58,7 @@ class RunSpec:
     idle: bool
     connect_timeout: float
     workers: int
+    tls: bool = False  # the broker serves TLS (wss://), measured against itself on plain TCP
 
     @property
     def kind(self) -> str:

@@ -19,6 +19,7 @@ from typing import IO
 
 from .errors import BenchError
 from .target import Target
+from .tls import TlsFiles
 
 __all__ = ["Server", "check_reachable", "pinned", "started"]
 
@@ -60,7 +61,9 @@ def _free_port(host: str) -> int:
 def check_reachable(target: Target, timeout: float = 5.0) -> None:
     """Raise BenchError unless GET /healthz answers 200."""
     try:
-        with urllib.request.urlopen(f"{target.url}/healthz", timeout=timeout) as response:
+        with urllib.request.urlopen(
+            f"{target.url}/healthz", timeout=timeout, context=target.client_context()
+        ) as response:
             if response.status == 200:
                 return
             raise BenchError(f"{target.url}/healthz answered {response.status}, not 200")
@@ -72,8 +75,12 @@ def check_reachable(target: Target, timeout: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def started(name: str, camera: str, token: str, core: int | None) -> Iterator[Server]:
+def started(
+    name: str, camera: str, token: str, core: int | None, tls: TlsFiles | None = None
+) -> Iterator[Server]:
     """Start the broker (`name` "broker") or the ideal relay ("ideal") on a free loopback port.
+
+    With `tls` the broker serves HTTPS and WSS with that certificate (the ideal relay has no TLS).
 
     It runs pinned to `core` (if not None), is stopped with SIGTERM (SIGKILL after
     5 s) when the block ends, and whatever it wrote to stderr is repeated then.
@@ -83,6 +90,8 @@ def started(name: str, camera: str, token: str, core: int | None) -> Iterator[Se
     if name == "broker":
         command = [sys.executable, "-m", "broker", "--host", host, "--port", str(port),
                    f"--publish-token={token}", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+        if tls is not None:
+            command += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
     else:
         command = [sys.executable, "-m", "bench.ideal", "--host", host, "--port", str(port)]
     path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
@@ -97,7 +106,7 @@ def started(name: str, camera: str, token: str, core: int | None) -> Iterator[Se
                 start_new_session=True,  # Ctrl-C is for the bench, which then stops the server itself
             )
         try:
-            target = Target(host, port, camera)
+            target = Target(host, port, camera, str(tls.ca) if tls is not None else None)
             _wait_healthy(process, target, name, log)  # its error quotes the log's last line
         except BaseException:
             _stop(process)

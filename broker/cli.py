@@ -108,20 +108,22 @@ def raise_open_file_limit() -> None:
 
 
 async def serve(settings: Settings) -> None:
-    """Run the broker until SIGINT or SIGTERM, then shut down gracefully."""
+    """Run the broker until SIGINT or SIGTERM, then shut down gracefully; SIGHUP rereads the certificate."""
     server = BrokerServer(settings)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     for host, port in server.addresses:
         shown = f"[{host}]" if ":" in host else host
-        log.info("framebroker %s serving on http://%s:%d/ (open it in a browser)", __version__, shown, port)
+        url = f"{server.scheme}://{shown}:{port}/"
+        log.info("framebroker %s serving on %s (open it in a browser)", __version__, url)
     if settings.host in ("0.0.0.0", "::", ""):
         log.info("listening on every interface: use this machine's address in the URL")
     if settings.demo:
-        log.info("demo camera: http://127.0.0.1:%d/#/cameras/demo", server.port)
+        log.info("demo camera: %s://127.0.0.1:%d/#/cameras/demo", server.scheme, server.port)
     systemd = ServiceNotifier()
     systemd.ready(f"serving on port {server.port}")
     await stop.wait()

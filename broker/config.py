@@ -92,6 +92,22 @@ class Settings:
             "network",
         ),
     )
+    tls_cert: Path | None = field(
+        default=None,
+        metadata=_help(
+            "serve HTTPS and WSS with this PEM certificate chain (e.g. certbot's fullchain.pem); "
+            "reread with --tls-key on SIGHUP",
+            "network",
+        ),
+    )
+    tls_key: Path | None = field(
+        default=None,
+        metadata=_help("the certificate's PEM private key (e.g. certbot's privkey.pem)", "network"),
+    )
+    tls_handshake_timeout: float = field(
+        default=10.0,
+        metadata=_help("a client must finish its TLS handshake within this long, seconds", "network"),
+    )
 
     # Access
     config: Path | None = field(
@@ -276,6 +292,7 @@ class Settings:
             "shutdown_timeout",
             "session_lifetime",
             "forget_after",
+            "tls_handshake_timeout",
         ):
             value = getattr(self, name)
             _check(value > 0, name, value, "> 0 seconds")
@@ -287,6 +304,11 @@ class Settings:
         )
         _check(self.log_level in LOG_LEVELS, "log_level", self.log_level, " or ".join(LOG_LEVELS))
         _check(self.log_format in LOG_FORMATS, "log_format", self.log_format, " or ".join(LOG_FORMATS))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
+            raise ConfigError(
+                f"{given} is set but {missing} is not: TLS needs both the certificate and its key"
+            )
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -10,14 +11,22 @@ from .app import create_app
 from .app_keys import LIMITS, SETTINGS
 from .auth import RedactingAccessLogger
 from .config import Settings
+from .tls import Certificate, TLSAcceptor
 
 __all__ = ["BrokerServer"]
 
+log = logging.getLogger(__name__)
+
 
 class BrokerServer:
-    """The application on an aiohttp runner and one TCP site."""
+    """The application on an aiohttp runner and one TCP site, with TLS when a certificate is set."""
 
     def __init__(self, settings: Settings) -> None:
+        self.certificate = (
+            Certificate(settings.tls_cert, settings.tls_key)
+            if settings.tls_cert is not None and settings.tls_key is not None
+            else None
+        )
         self.app = create_app(settings)
         self.settings = self.app[SETTINGS]  # with the effective publish token
         self._runner = web.AppRunner(
@@ -34,6 +43,11 @@ class BrokerServer:
         return [(address[0], address[1]) for address in self._runner.addresses]
 
     @property
+    def scheme(self) -> str:
+        """The URL scheme clients use: https with TLS, else http."""
+        return "http" if self.certificate is None else "https"
+
+    @property
     def port(self) -> int:
         """The port actually bound (useful with port 0)."""
         return self.addresses[0][1]
@@ -43,9 +57,67 @@ class BrokerServer:
         await self._runner.setup()
         assert self._runner.server is not None
         self.app[LIMITS].attach(self._runner.server)
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
+        site = _Site(
+            self._runner,
+            self.settings.host,
+            self.settings.port,
+            self.certificate,
+            self.settings.tls_handshake_timeout,
+        )
         await site.start()
+
+    def reload_tls(self) -> None:
+        """Reread the certificate and key (on SIGHUP): new handshakes get them, open connections stay."""
+        if self.certificate is None:
+            log.info("nothing to reload: the broker serves no TLS (--tls-cert)")
+            return
+        self.certificate.reload()
 
     async def stop(self) -> None:
         """Close every connection with "going away" and stop, within the shutdown timeout."""
         await self._runner.cleanup()
+
+
+class _Site(web.BaseSite):
+    """A TCP site; with a certificate, each connection completes TLS through a TLSAcceptor first.
+
+    aiohttp's TCPSite would hand the certificate to the loop's own TLS server, without a
+    bound on the handshake and without a log line when one fails (see tls.py).
+    """
+
+    __slots__ = ("_certificate", "_handshake_timeout", "_host", "_port", "_tls")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        certificate: Certificate | None,
+        handshake_timeout: float,
+    ) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._certificate = certificate
+        self._handshake_timeout = handshake_timeout
+        self._tls: TLSAcceptor | None = None
+
+    @property
+    def name(self) -> str:
+        scheme = "http" if self._certificate is None else "https"
+        return f"{scheme}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        handler = self._runner.server
+        assert handler is not None
+        if self._certificate is not None:
+            self._tls = TLSAcceptor(self._certificate, handler, self._handshake_timeout)
+        self._server = await asyncio.get_running_loop().create_server(
+            self._tls or handler, self._host, self._port, backlog=self._backlog, reuse_address=True
+        )
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._tls is not None:
+            await self._tls.close()

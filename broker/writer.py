@@ -266,8 +266,9 @@ def _own_socket(transport: asyncio.Transport, sndbuf: int, peer: str) -> socket.
     """Size the viewer's send buffer; return our own non-blocking descriptor of its socket.
 
     Frames are sent through that descriptor (see FrameWriter.offer). It is None when
-    the transport exposes no socket or no descriptor is left; frames then go through
-    the transport.
+    the transport exposes no socket, when no descriptor is left, or when the transport
+    transforms the bytes (TLS, whoever set it up: the broker, gunicorn, another server);
+    frames then go through the transport.
     """
     sock = transport.get_extra_info("socket")
     if sock is None:
@@ -276,6 +277,10 @@ def _own_socket(transport: asyncio.Transport, sndbuf: int, peer: str) -> socket.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     except OSError as exc:
         log.warning("could not set SO_SNDBUF=%d for viewer %s: %s", sndbuf, peer, exc, extra={"peer": peer})
+    if any(transport.get_extra_info(name) is not None for name in ("sslcontext", "ssl_object")):
+        # A TLS transport (asyncio's or uvloop's) still reports the TCP socket underneath:
+        # bytes sent there would skip the encryption and break the stream.
+        return None
     try:
         own = sock.dup()
     except OSError as exc:

@@ -91,10 +91,11 @@ class RunningBroker:
         return self.server.settings
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.server.scheme}://127.0.0.1:{self.port}{path}"
 
     def ws_url(self, path: str) -> str:
-        return f"ws://127.0.0.1:{self.port}{path}"
+        scheme = "wss" if self.server.scheme == "https" else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     @property
     def auth(self) -> dict[str, str]:
@@ -206,6 +207,7 @@ class BrokerProcess:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.log = ""
+        self.scheme = "http"
         self.port = 0
 
     async def wait_serving(self) -> None:
@@ -214,8 +216,8 @@ class BrokerProcess:
             line = await asyncio.wait_for(self.proc.stderr.readline(), 15)
             assert line, f"broker exited early:\n{self.log}"
             self.log += line.decode()
-            if match := re.search(r"serving on http://127\.0\.0\.1:(\d+)/", line.decode()):
-                self.port = int(match.group(1))
+            if match := re.search(r"serving on (https?)://127\.0\.0\.1:(\d+)/", line.decode()):
+                self.scheme, self.port = match.group(1), int(match.group(2))
 
     async def rest_of_log(self) -> str:
         assert self.proc.stderr is not None
@@ -223,7 +225,7 @@ class BrokerProcess:
         return self.log
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
 
 @pytest.fixture

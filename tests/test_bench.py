@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import shutil
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +15,7 @@ import pytest
 
 from bench.parser import MjpegParser, WebSocketParser
 from bench.stamp import SEQ_AT, stamped
+from bench.tls import client_context, openssl_certificate, trustme_certificate
 from bench.wsproto import OP_PING, OP_TEXT, frame_header
 from broker import wire
 from broker.frame import VIEWER_HEADER
@@ -124,3 +129,50 @@ def test_bench_runs_against_broker_and_ideal_relay(tmp_path: Path) -> None:
         assert row["server_us_per_item"] > 0 and row["server_rss_mb_peak"] > 0
         assert 8_000 < row["frame_bytes"] < 40_000
     assert rows[0]["ratio_vs_ideal"] > 0
+
+
+def test_wss_scenario_measures_the_broker_over_tls_against_plain_tcp(tmp_path: Path) -> None:
+    """`--scenario wss`: a broker with a throwaway certificate, TLS viewers that decrypt every frame,
+    then the same broker on plain TCP; the TLS row says how its CPU per frame compares."""
+    results = tmp_path / "rows.json"
+    command = [sys.executable, "-m", "bench", "--scenario", "wss", "--viewers", "4", "--size", "320x240",
+               "--duration", "1.5", "--warmup", "0.5", "--drain", "0.5", "--no-baseline", "--quiet",
+               "--json", str(results)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+
+    header = [cell.strip() for cell in done.stdout.strip().splitlines()[2].strip("|").split("|")]
+    assert "TLS vs TCP" in header
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [row["server"] for row in rows] == ["broker (TLS)", "broker"]
+    for row in rows:
+        assert row["scenario"] == "wss"
+        assert row["viewers_connected"] == 4
+        assert row["connect_failures"] == row["lost"] == row["malformed"] == row["dups"] == 0
+        assert row["delivered"] > 0 and row["server_us_per_item"] > 0
+    assert rows[0]["ratio_vs_tcp"] > 0 and rows[1]["ratio_vs_tcp"] is None
+
+
+def test_wss_scenario_needs_a_broker_of_its_own() -> None:
+    """`--scenario wss` with `--url` is refused: only a broker the bench starts has its certificate."""
+    command = [sys.executable, "-m", "bench", "--scenario", "wss", "--url", "http://127.0.0.1:8080"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "leave out --url" in done.stderr
+
+
+@pytest.mark.parametrize("make", [trustme_certificate, openssl_certificate])
+def test_throwaway_certificates_complete_a_handshake(tmp_path: Path, make) -> None:
+    """Either way of making the bench's certificate (trustme, or the openssl command) gives a pair a
+    client that trusts only its CA accepts for 127.0.0.1."""
+    if make is openssl_certificate and shutil.which("openssl") is None:
+        pytest.skip("openssl not found: the fallback certificate needs Debian's openssl package")
+    files = make(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(files.cert, files.key)
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        accepted = pool.submit(lambda: server_context.wrap_socket(server_side, server_side=True))
+        with client_context(str(files.ca)).wrap_socket(client_side, server_hostname="127.0.0.1") as tls:
+            assert tls.version() == "TLSv1.3"
+        accepted.result(timeout=10).close()

@@ -248,8 +248,12 @@ class FrameWriter:
         async with asyncio.timeout(self._send_timeout):
             while self._transport.get_write_buffer_size() > 0 and not self._transport.is_closing():
                 # aiohttp shares one drain future per connection: shield it so a timeout
-                # here does not cancel it under another waiter.
-                await asyncio.shield(self._stream.drain())
+                # here does not cancel it under another waiter. If this wait is cancelled
+                # (shutdown, timeout), the drain may still fail later, when the peer resets:
+                # its outcome is collected, not left for asyncio to report as an error.
+                drain = asyncio.ensure_future(self._stream.drain())
+                drain.add_done_callback(_collect)
+                await asyncio.shield(drain)
                 if self._transport.get_write_buffer_size() > 0:
                     # Not paused yet still buffered: only between a write and the
                     # transport's pause check; don't spin.
@@ -260,6 +264,12 @@ class FrameWriter:
 
     def _rate_allows(self, now: float) -> bool:
         return now - self._last_write >= self._min_interval - 1e-3
+
+
+def _collect(task: asyncio.Future[None]) -> None:
+    """Retrieve a drain's outcome: a connection that went away is the handler's business."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _own_socket(transport: asyncio.Transport, sndbuf: int, peer: str) -> socket.socket | None:

@@ -4,6 +4,7 @@ bad certificate files stop the start, and SIGHUP swaps the certificate without d
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import signal
@@ -350,3 +351,30 @@ async def wait_for_log(broker, text: str) -> None:
         line = await asyncio.wait_for(broker.proc.stderr.readline(), 15)
         assert line, f"broker exited:\n{broker.log}"
         broker.log += line.decode()
+
+
+async def test_stopping_while_stalled_viewers_wait_leaves_no_unretrieved_error(
+    start_broker, certs, ca, caplog
+):
+    """Shutdown cancels writers waiting for stalled TLS sockets; when those peers reset later,
+    the drains they waited on fail, and that failure is collected, not reported as an error."""
+    broker = await start_broker(
+        tls_cert=certs.cert, tls_key=certs.key, heartbeat=30.0, viewer_send_timeout=30.0
+    )
+    context = client_context(ca)
+    async with aiohttp.ClientSession() as http:
+        pub = await http.ws_connect(broker.ws_url("/cameras/cam/publish"), headers=broker.auth, ssl=context)
+        await pub.receive()
+        stalled = [await stalled_tls_viewer(broker.port, context) for _ in range(3)]
+        frames = camera_frames(3)
+        for n in range(30):
+            await pub.send_bytes(frames[n % 3])
+            await asyncio.sleep(0.03)
+        stopping = asyncio.ensure_future(broker.stop())
+        await asyncio.sleep(0.05)
+        for writer in stalled:
+            writer.transport.abort()
+        await stopping
+    gc.collect()
+    await asyncio.sleep(0.2)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]

@@ -146,6 +146,38 @@ class Limits:
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
 
+    def admit_handshake(self, peer: str) -> Callable[[], None] | None:
+        """Count a connection still in its TLS handshake; None if it must be dropped (no TLS to answer in).
+
+        aiohttp's server sees a TLS connection only once its handshake is done; until then
+        it holds a descriptor too, for up to --tls-handshake-timeout.
+        """
+        if self._descriptors_left() < self._settings.descriptor_reserve // 2:
+            self._rejections.count("connections")
+            self._refusals.warning("connections", "refusing connections: close to the limit of open files")
+            return None
+        limit = self._settings.max_connections_per_ip
+        if not self._is_exempt(peer) and self._connections_per_peer[peer] >= limit:
+            self._rejections.count("connections_per_ip")
+            self._refusals.warning(
+                "connections_per_ip",
+                "refusing connections from %s: more than max_connections_per_ip=%d",
+                peer,
+                limit,
+            )
+            return None
+        self.connections += 1
+        self._connections_per_peer[peer] += 1
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._drop_peer(peer)
+
+        return release
+
     def _open_connection(self, handler: web.RequestHandler, transport: asyncio.Transport) -> bytes | None:
         peer = _peer(transport)
         self._peers[handler] = peer
@@ -170,8 +202,10 @@ class Limits:
 
     def _close_connection(self, handler: web.RequestHandler) -> None:
         peer = self._peers.pop(handler, None)
-        if peer is None:
-            return
+        if peer is not None:
+            self._drop_peer(peer)
+
+    def _drop_peer(self, peer: str) -> None:
         self.connections -= 1
         self._connections_per_peer[peer] -= 1
         if not self._connections_per_peer[peer]:

@@ -112,7 +112,13 @@ class _Site(web.BaseSite):
         handler = self._runner.server
         assert handler is not None
         if self._certificate is not None:
-            self._tls = TLSAcceptor(self._certificate, handler, self._handshake_timeout)
+            limits = self._runner.app[LIMITS] if isinstance(self._runner, web.AppRunner) else None
+            self._tls = TLSAcceptor(
+                self._certificate,
+                handler,
+                self._handshake_timeout,
+                limits.admit_handshake if limits is not None else None,
+            )
         self._server = await asyncio.get_running_loop().create_server(
             self._tls or handler, self._host, self._port, backlog=self._backlog, reuse_address=True
         )

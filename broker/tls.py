@@ -82,21 +82,32 @@ class TLSAcceptor:
     """
 
     def __init__(
-        self, certificate: Certificate, make_handler: Callable[[], asyncio.Protocol], timeout: float
+        self,
+        certificate: Certificate,
+        make_handler: Callable[[], asyncio.Protocol],
+        timeout: float,
+        admit: Callable[[str], Callable[[], None] | None] | None = None,
     ) -> None:
         self._certificate = certificate
         self._make_handler = make_handler
         self._timeout = timeout
+        # Counts a connection during its handshake against the broker's limits (limits.py).
+        self._admit = admit
         self._handshakes: set[asyncio.Task[None]] = set()
 
     def __call__(self) -> asyncio.Protocol:
         return _Accepted(self)
 
-    def start(self, sock: socket.socket, peer: str) -> None:
-        """Begin the handshake of a connection just accepted."""
+    def admit(self, peer: str) -> Callable[[], None] | None:
+        """A release callback if the connection may start its handshake, else None."""
+        return self._admit(peer) if self._admit is not None else (lambda: None)
+
+    def start(self, sock: socket.socket, peer: str, release: Callable[[], None]) -> None:
+        """Begin the handshake of a connection just accepted; `release` runs when it ends."""
         task = asyncio.get_running_loop().create_task(self._handshake(sock, peer))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
+        task.add_done_callback(lambda _: release())
 
     async def close(self) -> None:
         """Drop the connections still in their handshake."""
@@ -137,6 +148,10 @@ class _Accepted(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tcp = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
         peer = _address(tcp)
+        release = self._acceptor.admit(peer)
+        if release is None:
+            tcp.abort()  # past a limit (logged there): no TLS yet to answer in
+            return
         try:
             sock = socket.socket(fileno=os.dup(tcp.get_extra_info("socket").fileno()))
         except OSError as exc:
@@ -146,11 +161,12 @@ class _Accepted(asyncio.Protocol):
                 exc,
                 extra={"peer": peer},
             )
+            release()
             tcp.abort()
             return
         tcp.abort()
         sock.setblocking(False)
-        self._acceptor.start(sock, peer)
+        self._acceptor.start(sock, peer, release)
 
 
 def _address(transport: asyncio.BaseTransport) -> str:

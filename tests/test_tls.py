@@ -378,3 +378,58 @@ async def test_stopping_while_stalled_viewers_wait_leaves_no_unretrieved_error(
     gc.collect()
     await asyncio.sleep(0.2)
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_connections_stuck_before_their_handshake_count_against_the_descriptors(tmp_path, ca, certs):
+    """A flood of TCP connections that never start TLS is refused before the broker runs out of
+    descriptors; once it is gone, a wss publisher gets in."""
+    import os
+    import resource
+
+    from .conftest import BrokerProcess
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "--port", "0", "--descriptor-reserve", "40",
+        "--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--tls-handshake-timeout", "30",
+        stderr=subprocess.PIPE,
+        env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path), "FRAMEBROKER_PUBLISH_TOKEN": TOKEN},
+        preexec_fn=few_descriptors,
+    )  # fmt: skip
+    broker = BrokerProcess(proc)
+    flood: list[socket.socket] = []
+    try:
+        await broker.wait_serving()
+        for _ in range(200):
+            flood.append(socket.create_connection(("127.0.0.1", broker.port)))
+        await asyncio.sleep(1)
+        dropped = 0
+        for sock in flood:
+            sock.setblocking(False)
+            try:
+                dropped += sock.recv(1) == b""
+            except BlockingIOError:
+                pass  # still waiting for its handshake
+            except ConnectionResetError:
+                dropped += 1
+        assert dropped > 0
+        for sock in flood:
+            sock.close()
+        await asyncio.sleep(0.5)
+        async with aiohttp.ClientSession() as http:
+            pub = await http.ws_connect(
+                f"wss://127.0.0.1:{broker.port}/cameras/cam/publish",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                ssl=client_context(ca),
+            )
+            assert (await pub.receive_json())["type"] == "viewers"
+            await pub.close()
+    finally:
+        for sock in flood:
+            sock.close()
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 10)
+    log = await broker.rest_of_log()
+    assert " ERROR " not in log and "Traceback" not in log and "no descriptor left" not in log, log[-2000:]

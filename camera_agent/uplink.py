@@ -254,7 +254,7 @@ class WebSocketUplink(_Sender):
             count = message.get("count")
             if isinstance(count, int) and not isinstance(count, bool):
                 self._log.debug("camera %s: %d viewer(s)", self._camera.id, count)
-                self._demand.set(count)
+                self._demand.set(count, snapshot_only=message.get("snapshot_only") is True)
 
 
 class HttpUplink(_Sender):

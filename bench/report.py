@@ -8,9 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Row", "append_json", "notes", "table"]
+__all__ = ["Row", "append_json", "notes", "receive_line", "table"]
 
 BENCH_BOUND_PCT = 90.0
+MSG_TRUNC_LABEL = "MSG_TRUNC"
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class Row:
     delivered_pct: float | None
     fps_median: float | None
     fps_min: float | None
-    dups: int
+    dups: int  # frames of the window received again or after a newer one
+    keepalive_repeats: int  # MJPEG's keep-alive: the newest frame repeated (not a duplicate)
     malformed: int
     latency_ms: dict[str, float] | None  # p50, p90, p99, max
     requests: int
@@ -63,6 +65,7 @@ class Row:
     idle_rss_kb_per_viewer: float | None
     bench_cpu_pct: float
     bench_bound: bool
+    msg_trunc: bool  # the clients discarded JPEG bytes in the kernel instead of copying them
     ratio_vs_ideal: float | None = None
     ratio_vs_tcp: float | None = None  # a TLS row's cost divided by the same broker's on plain TCP
 
@@ -120,6 +123,16 @@ _TLS_COLUMN = "TLS vs TCP"  # only in tables with a TLS row
 _RIGHT = frozenset(("frame kB", "delivered %", "vs ideal", _TLS_COLUMN, "server RSS MB", "bench CPU %"))
 
 
+def receive_line(msg_trunc: bool) -> str:
+    """How the clients received, for the line above the table."""
+    if msg_trunc:
+        return (
+            f"clients: {MSG_TRUNC_LABEL} (--msg-trunc): JPEG bytes discarded in the kernel, not copied as a "
+            "browser does; the server's CPU per item reads lower than with real viewers"
+        )
+    return "clients: every byte received into user space, as a browser does"
+
+
 def table(rows: Iterable[Row]) -> str:
     """The rows as one Markdown table."""
     rows = list(rows)
@@ -164,7 +177,8 @@ def _clients(row: Row) -> str:
         (row.mjpeg_connected, row.mjpeg, "mjpeg"),
         (row.snapshots_connected, row.snapshots, "snapshot"),
     )
-    return ", ".join(f"{connected}/{asked} {name}" for connected, asked, name in counts if asked)
+    clients = ", ".join(f"{connected}/{asked} {name}" for connected, asked, name in counts if asked)
+    return f"{clients} ({MSG_TRUNC_LABEL})" if row.msg_trunc else clients
 
 
 def _rate(row: Row) -> str:

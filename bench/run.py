@@ -58,6 +58,7 @@ class RunSpec:
     idle: bool
     connect_timeout: float
     workers: int
+    truncate: bool  # load processes take JPEG bytes with MSG_TRUNC (see bench/client.py, Buffers)
     tls: bool = False  # the broker serves TLS (wss://), measured against itself on plain TCP
 
     @property
@@ -181,7 +182,14 @@ class _Run:
         in_flight = max(1, MAX_IN_FLIGHT // spec.workers)
         for slot, (ws, mjpeg, snapshots) in enumerate(counts):
             worker = WorkerSpec(
-                self.server.target, ws, mjpeg, snapshots, spec.header, spec.connect_timeout, in_flight
+                target=self.server.target,
+                ws=ws,
+                mjpeg=mjpeg,
+                snapshots=snapshots,
+                header=spec.header,
+                connect_timeout=spec.connect_timeout,
+                max_in_flight=in_flight,
+                truncate=spec.truncate,
             )
             here, there = self.context.Pipe()
             self.workers.append(here)
@@ -352,6 +360,7 @@ class _Run:
             fps_median=statistics.median(delivered_each) / window if streaming and viewers else None,
             fps_min=min(delivered_each) / window if streaming and viewers else None,
             dups=sum(result.dups for result in results),
+            keepalive_repeats=sum(result.repeats for result in results),
             malformed=sum(result.malformed + result.unstamped for result in results),
             latency_ms=_percentiles(latencies) if streaming else None,
             requests=requests,
@@ -371,6 +380,7 @@ class _Run:
             ),
             bench_cpu_pct=bench_pct,
             bench_bound=bench_bound,
+            msg_trunc=spec.truncate and not spec.tls,  # TLS has no MSG_TRUNC: its viewers decrypt all
         )
 
     # -- helpers ------------------------------------------------------------------------

@@ -20,29 +20,19 @@ from .frames import synthesize
 from .progress import Progress
 from .report import Row, append_json, notes, receive_line, table
 from .run import RunSpec, measure
+from .scenarios import ALL, HD, SCENARIOS, named, scenario_help
 from .servers import Server, check_reachable, started
 from .target import Target
 from .tls import throwaway_certificate
 
 __all__ = ["main"]
 
-SCENARIOS = ("s1", "ws", "mjpeg", "snapshot", "idle", "wss", "all")
-HD = (1280, 720)
-VGA = (640, 480)
 CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FD_MARGIN = 256  # descriptors beyond those per client: pipes, epoll, the servers' own files
 
-EPILOG = """\
+EPILOG = f"""\
 scenarios (each may give several rows; --viewers replaces the client counts):
-  s1        640x480 (~50 kB) at 30 fps, 10 WebSocket viewers
-  ws        1280x720 (~120 kB) at 30 fps, 250, 1000 and 2000 WebSocket viewers
-  mjpeg     1280x720 at 30 fps, 250 and 1000 MJPEG viewers
-  snapshot  1280x720 at 30 fps published, 50 keep-alive clients fetching snapshot.jpg
-  idle      1000 WebSocket viewers of a camera without publisher: server RSS per viewer
-  wss       1280x720 at 30 fps, 50 and 150 WebSocket viewers over TLS (a broker with a
-            throwaway certificate; the viewers decrypt every byte), then the same broker on
-            plain TCP: "TLS vs TCP" divides the CPU per frame of the two
-  all       all of the above, one after the other
+{scenario_help()}
 Without --scenario and without --ws/--mjpeg/--snapshots, s1 runs.
 
 columns:
@@ -128,7 +118,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_argument_group("what to run")
-    what.add_argument("--scenario", choices=SCENARIOS, help="a preset (see below)")
+    what.add_argument(
+        "--scenario", choices=[scenario.name for scenario in SCENARIOS] + [ALL], help="a preset (see below)"
+    )
     what.add_argument("--viewers", type=_counts, metavar="N[,N...]", help="client counts for the preset")
     what.add_argument(
         "--ws", type=_counts, metavar="N[,N...]", help="WebSocket viewers; each value is one row"
@@ -256,19 +248,18 @@ def _specs(args: argparse.Namespace) -> list[RunSpec]:
 
 
 def _preset(name: str, args: argparse.Namespace) -> list[RunSpec]:
-    if name == "all":
-        return [spec for preset in SCENARIOS[:-1] for spec in _preset(preset, args)]
-    if name == "s1":
-        return [_spec(args, name, ws=count, size=VGA) for count in args.viewers or [10]]
-    if name == "ws":
-        return [_spec(args, name, ws=count, size=HD) for count in args.viewers or [250, 1000, 2000]]
-    if name == "mjpeg":
-        return [_spec(args, name, mjpeg=count, size=HD) for count in args.viewers or [250, 1000]]
-    if name == "snapshot":
-        return [_spec(args, name, snapshots=count, size=HD) for count in args.viewers or [50]]
-    if name == "wss":
-        return [_spec(args, name, ws=count, size=HD, tls=True) for count in args.viewers or [50, 150]]
-    return [_spec(args, name, ws=count, size=HD, idle=True) for count in args.viewers or [1000]]
+    return [
+        _spec(
+            args,
+            scenario.name,
+            size=scenario.size,
+            idle=scenario.idle,
+            tls=scenario.tls,
+            **scenario.clients(count),
+        )
+        for scenario in named(name)
+        for count in args.viewers or scenario.counts
+    ]
 
 
 def _spec(

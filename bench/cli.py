@@ -60,9 +60,10 @@ the machine has two cores or more. Latency uses CLOCK_MONOTONIC, so the bench an
 broker must run on the same host. CPU time comes in clock ticks (10 ms at the usual
 100 Hz): small loads over short windows give rough per-item numbers. Anything unusual
 (clients that could not connect or were dropped, publisher ticks skipped, frames received
-twice, a bench-bound run) is noted on stderr and kept in the --json rows; MJPEG's keep-alive
-repeats of the newest frame are expected and only counted there. Each published JPEG
-carries a stamp (sequence number, send time) in a comment segment: see bench/stamp.py.
+twice, a bench-bound run, the server's core busy with other processes) is noted on stderr
+and kept in the --json rows; MJPEG's keep-alive repeats of the newest frame are expected
+and only counted there. Each published JPEG carries a stamp (sequence number, send time)
+in a comment segment: see bench/stamp.py.
 
 Clients copy every byte they receive into user space, as a browser does. --msg-trunc
 discards the JPEG bytes in the kernel instead: the bench then needs far less CPU, but the

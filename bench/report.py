@@ -11,6 +11,9 @@ from pathlib import Path
 __all__ = ["Row", "append_json", "notes", "receive_line", "table"]
 
 BENCH_BOUND_PCT = 90.0
+# The server's core busier than the server itself by more than this (percentage points):
+# another process ran there, on a shared machine, and the row is not to be trusted.
+SHARED_CORE_PCT = 15.0
 MSG_TRUNC_LABEL = "MSG_TRUNC"
 
 
@@ -98,6 +101,15 @@ def notes(row: Row) -> list[str]:
         found.append(f"{who}: {row.malformed} WebSocket messages had no stamp or a wrong length")
     if row.request_errors:
         found.append(f"{who}: {row.request_errors} snapshot requests were not answered 200")
+    if (
+        row.server_cpu_pct is not None
+        and row.server_core_busy_pct is not None
+        and row.server_core_busy_pct - row.server_cpu_pct > SHARED_CORE_PCT
+    ):
+        found.append(
+            f"{who}: the server's core was {row.server_core_busy_pct:.0f} % busy but the server used "
+            f"{row.server_cpu_pct:.0f} %: other processes shared its core, repeat this row"
+        )
     if row.bench_bound:
         found.append(
             f"{who}: the bench used {row.bench_cpu_pct:.0f} % CPU: it may be the limit, not the server"

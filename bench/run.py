@@ -2,9 +2,10 @@
 
 Phases: every client connects (the camera publishes once a second meanwhile), then
 warm-up at the full frame rate (not counted), the measured window, and the drain
-(publishing has stopped; frames sent in the window still count when they arrive). Server and bench CPU are read at the window's start and end; the server's
-RSS every half second. An idle run has no publisher: the server's RSS is read before
-the viewers connect and again after they have been connected for the settle time.
+(publishing has stopped; frames sent in the window still count when they arrive).
+Server and bench CPU are read at the window's start and end; the server's RSS every
+half second. An idle run has no publisher: the server's RSS is read before the viewers
+connect and again after they have been connected for the settle time.
 """
 
 from __future__ import annotations

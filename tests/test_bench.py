@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import select
 import shutil
@@ -18,6 +19,7 @@ import pytest
 
 from bench.client import CONNECTING, Buffers
 from bench.parser import MjpegParser, WebSocketParser
+from bench.report import Row, notes
 from bench.stamp import SEQ_AT, stamped
 from bench.tally import NEVER, Tally
 from bench.target import Target
@@ -158,6 +160,17 @@ def test_mjpeg_keep_alive_repeats_are_not_duplicates() -> None:
 
     assert (mjpeg.delivered, mjpeg.repeats, mjpeg.dups) == (3, 2, 1)
     assert (websocket.delivered, websocket.repeats, websocket.dups) == (2, 0, 1)
+
+
+def test_a_row_measured_beside_another_process_says_so() -> None:
+    """The server's core much busier than the server: another process ran there, and the notes say so."""
+    measured = {"scenario": "ws", "server": "broker", "server_cpu_pct": 50.0, "server_core_busy_pct": 60.0}
+    quiet = Row(**dict.fromkeys(field.name for field in dataclasses.fields(Row)) | measured)
+    assert notes(quiet) == []
+    assert notes(dataclasses.replace(quiet, server_core_busy_pct=96.0)) == [
+        "ws broker: the server's core was 96 % busy but the server used 50 %: other processes shared its "
+        "core, repeat this row"
+    ]
 
 
 def test_bench_runs_against_broker_and_ideal_relay(tmp_path: Path) -> None:

@@ -326,7 +326,7 @@ class _Plan:
         if not args.workers:
             raise ValueError("--workers must be at least 1")
         server_core, bench_core, pinning = _pinning(args, local_server=url is None)
-        _check_limits(max(spec.ws + spec.mjpeg + spec.snapshots for spec in specs))
+        _check_limits(max(spec.clients for spec in specs))
         if args.json is not None:
             try:
                 args.json.open("a").close()
@@ -372,10 +372,10 @@ class _Plan:
             server = Server(self.url.authority, self.url, self.pid)
             measured.append(measure(spec, server, jpegs, self.token, None, progress))
         else:
-            with started("broker", self.camera, self.token, self.server_core) as server:
+            with started("broker", self.camera, self.token, self.server_core, spec.clients) as server:
                 measured.append(measure(spec, server, jpegs, self.token, self.server_core, progress))
         if self.baseline:
-            with started("ideal", self.camera, self.token, self.server_core) as server:
+            with started("ideal", self.camera, self.token, self.server_core, spec.clients) as server:
                 ideal = measure(spec, server, jpegs, self.token, self.server_core, progress)
             cost, floor = measured[0].cost, ideal.cost
             if cost is not None and floor:
@@ -387,7 +387,7 @@ class _Plan:
         """The broker over TLS, then the same broker on plain TCP (and the ideal relay): what TLS costs."""
         with (
             throwaway_certificate() as tls,
-            started("broker", self.camera, self.token, self.server_core, tls) as server,
+            started("broker", self.camera, self.token, self.server_core, spec.clients, tls) as server,
         ):
             over_tls = measure(
                 spec,

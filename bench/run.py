@@ -63,6 +63,11 @@ class RunSpec:
     tls: bool = False  # the broker serves TLS (wss://), measured against itself on plain TCP
 
     @property
+    def clients(self) -> int:
+        """Every client of the run: viewers and snapshot clients."""
+        return self.ws + self.mjpeg + self.snapshots
+
+    @property
     def kind(self) -> str:
         """One of "idle", "stream", "snapshot" or "mixed"."""
         if self.idle:
@@ -199,7 +204,7 @@ class _Run:
         failure = None
         deadline = time.monotonic() + spec.connect_timeout + STARTUP_GRACE
         waiting = list(self.workers)
-        asked = spec.ws + spec.mjpeg + spec.snapshots
+        asked = spec.clients
         while waiting:
             for conn in wait(waiting, timeout=PROGRESS_INTERVAL):
                 _, worker_opened, _, worker_failure = self._receive(conn, 0, "a load process")
@@ -271,7 +276,7 @@ class _Run:
             phase = f"drain {now - end:.1f}/{self.spec.drain:g} s"
         text = (
             f"[{self.label}] {phase}, clients {sum(self.shared[1::2])}/"
-            f"{self.spec.ws + self.spec.mjpeg + self.spec.snapshots}, delivered {sum(self.shared[0::2])}"
+            f"{self.spec.clients}, delivered {sum(self.shared[0::2])}"
         )
         if sample.server_cpu is not None and previous.server_cpu is not None and sample.at > previous.at:
             text += (

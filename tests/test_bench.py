@@ -268,3 +268,16 @@ def test_msg_trunc_runs_are_labelled(tmp_path: Path) -> None:
     assert "| 3/3 ws, 2/2 mjpeg (MSG_TRUNC) |" in lines[-1]
     row = json.loads(results.read_text())
     assert row["msg_trunc"] is True and row["delivered"] > 0
+
+
+def test_idle_viewers_beyond_the_brokers_waiting_limit_all_connect(tmp_path: Path) -> None:
+    """The idle scenario's viewers wait for a camera that never published: the bench raises that limit."""
+    results = tmp_path / "rows.json"
+    command = [sys.executable, "-m", "bench", "--scenario", "idle", "--viewers", "300", "--no-baseline",
+               "--settle", "0.5", "--quiet", "--json", str(results)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    row = json.loads(results.read_text())
+    assert (row["ws_connected"], row["connect_failures"]) == (300, 0)
+    assert row["idle_rss_kb_per_viewer"] > 0

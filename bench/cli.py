@@ -68,7 +68,7 @@ in a comment segment: see bench/stamp.py.
 Clients copy every byte they receive into user space, as a browser does. --msg-trunc
 discards the JPEG bytes in the kernel instead: the bench then needs far less CPU, but the
 server's receive-side work shrinks too and its CPU per item reads lower than with real
-viewers (about 40 % at 2,000 WebSocket viewers). Use it only when the bench is the limit.
+viewers (25 to 50 % lower per frame in our runs). Use it only when the bench is the limit.
 """
 
 

@@ -174,6 +174,11 @@ def test_a_row_measured_beside_another_process_says_so() -> None:
 
 
 def test_bench_runs_against_broker_and_ideal_relay(tmp_path: Path) -> None:
+    """A short mixed run fills one row for the broker and one for the ideal relay, in the table and the JSON.
+
+    Nothing here depends on how busy the machine is: shares and latencies are only checked
+    for being possible, not for being good.
+    """
     results = tmp_path / "rows.json"
     command = [sys.executable, "-m", "bench", "--ws", "5", "--mjpeg", "3", "--snapshots", "2",
                "--duration", "1.5", "--warmup", "0.5", "--drain", "0.5", "--size", "320x240",
@@ -188,7 +193,7 @@ def test_bench_runs_against_broker_and_ideal_relay(tmp_path: Path) -> None:
     table = {cells[header.index("server")]: cells for cells in body}
     assert set(table) == {"broker", "ideal"}, done.stdout
     for cells in table.values():
-        assert float(cells[header.index("delivered %")]) >= 90, done.stdout
+        assert 0 < float(cells[header.index("delivered %")]) <= 100, done.stdout
 
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert [row["server"] for row in rows] == ["broker", "ideal"]
@@ -197,9 +202,8 @@ def test_bench_runs_against_broker_and_ideal_relay(tmp_path: Path) -> None:
         assert row["snapshots_connected"] == 2
         assert row["connect_failures"] == row["lost"] == row["malformed"] == 0
         assert row["dups"] == 0
-        assert row["published"] >= 30
-        assert row["delivered_pct"] >= 90
-        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"] < 1000
+        assert 0 < row["delivered"] <= row["published"] * row["viewers_connected"]
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
         assert row["requests"] > 0 and row["request_errors"] == 0
         assert row["server_us_per_item"] > 0 and row["server_rss_mb_peak"] > 0
         assert 8_000 < row["frame_bytes"] < 40_000

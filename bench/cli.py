@@ -18,35 +18,25 @@ from . import procstat
 from .errors import BenchError
 from .frames import synthesize
 from .progress import Progress
-from .report import Row, append_json, notes, table
+from .report import Row, append_json, notes, receive_line, table
 from .run import RunSpec, measure
+from .scenarios import ALL, HD, SCENARIOS, named, scenario_help
 from .servers import Server, check_reachable, started
 from .target import Target
 from .tls import throwaway_certificate
 
 __all__ = ["main"]
 
-SCENARIOS = ("s1", "ws", "mjpeg", "snapshot", "idle", "wss", "all")
-HD = (1280, 720)
-VGA = (640, 480)
 CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FD_MARGIN = 256  # descriptors beyond those per client: pipes, epoll, the servers' own files
 
-EPILOG = """\
+EPILOG = f"""\
 scenarios (each may give several rows; --viewers replaces the client counts):
-  s1        640x480 (~50 kB) at 30 fps, 10 WebSocket viewers
-  ws        1280x720 (~120 kB) at 30 fps, 250, 1000 and 2000 WebSocket viewers
-  mjpeg     1280x720 at 30 fps, 250 and 1000 MJPEG viewers
-  snapshot  1280x720 at 30 fps published, 50 keep-alive clients fetching snapshot.jpg
-  idle      1000 WebSocket viewers of a camera without publisher: server RSS per viewer
-  wss       1280x720 at 30 fps, 50 and 150 WebSocket viewers over TLS (a broker with a
-            throwaway certificate; the viewers decrypt every byte), then the same broker on
-            plain TCP: "TLS vs TCP" divides the CPU per frame of the two
-  all       all of the above, one after the other
+{scenario_help()}
 Without --scenario and without --ws/--mjpeg/--snapshots, s1 runs.
 
 columns:
-  clients               connected/asked, per kind
+  clients               connected/asked, per kind; "(MSG_TRUNC)" with --msg-trunc
   rate                  frames per second delivered per viewer in the window (median, min);
                         snapshot answers (200) per second, all clients together
   delivered %           frames delivered / (frames published in the window x viewers); a
@@ -70,8 +60,15 @@ the machine has two cores or more. Latency uses CLOCK_MONOTONIC, so the bench an
 broker must run on the same host. CPU time comes in clock ticks (10 ms at the usual
 100 Hz): small loads over short windows give rough per-item numbers. Anything unusual
 (clients that could not connect or were dropped, publisher ticks skipped, frames received
-twice, a bench-bound run) is noted on stderr and kept in the --json rows. Each published
-JPEG carries a stamp (sequence number, send time) in a comment segment: see bench/stamp.py.
+twice, a bench-bound run, the server's core busy with other processes) is noted on stderr
+and kept in the --json rows; MJPEG's keep-alive repeats of the newest frame are expected
+and only counted there. Each published JPEG carries a stamp (sequence number, send time)
+in a comment segment: see bench/stamp.py.
+
+Clients copy every byte they receive into user space, as a browser does. --msg-trunc
+discards the JPEG bytes in the kernel instead: the bench then needs far less CPU, but the
+server's receive-side work shrinks too and its CPU per item reads lower than with real
+viewers (25 to 50 % lower per frame in our runs). Use it only when the bench is the limit.
 """
 
 
@@ -101,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _print_results(plan: _Plan, rows: list[Row]) -> None:
     if rows:
-        print(plan.machine_line() + "\n")
+        print(plan.machine_line())
+        print(receive_line(any(row.msg_trunc for row in rows)) + "\n")
         print(table(rows), flush=True)
 
 
@@ -121,7 +119,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_argument_group("what to run")
-    what.add_argument("--scenario", choices=SCENARIOS, help="a preset (see below)")
+    what.add_argument(
+        "--scenario", choices=[scenario.name for scenario in SCENARIOS] + [ALL], help="a preset (see below)"
+    )
     what.add_argument("--viewers", type=_counts, metavar="N[,N...]", help="client counts for the preset")
     what.add_argument(
         "--ws", type=_counts, metavar="N[,N...]", help="WebSocket viewers; each value is one row"
@@ -135,6 +135,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     what.add_argument("--fps", type=_positive, default=30.0, help="frames per second published (default 30)")
     what.add_argument("--header", action="store_true", help="WebSocket viewers ask for ?header=1")
+    what.add_argument(
+        "--msg-trunc",
+        action="store_true",
+        help="clients discard JPEG bytes in the kernel (recv with MSG_TRUNC) instead of copying them as a "
+        "browser does: for when the bench is the bottleneck; the rows say so, and the server's CPU per "
+        "item then reads low",
+    )
     what.add_argument("--camera", default="bench", help="camera id (default bench)")
     timing = parser.add_argument_group("timing (seconds)")
     timing.add_argument(
@@ -242,19 +249,18 @@ def _specs(args: argparse.Namespace) -> list[RunSpec]:
 
 
 def _preset(name: str, args: argparse.Namespace) -> list[RunSpec]:
-    if name == "all":
-        return [spec for preset in SCENARIOS[:-1] for spec in _preset(preset, args)]
-    if name == "s1":
-        return [_spec(args, name, ws=count, size=VGA) for count in args.viewers or [10]]
-    if name == "ws":
-        return [_spec(args, name, ws=count, size=HD) for count in args.viewers or [250, 1000, 2000]]
-    if name == "mjpeg":
-        return [_spec(args, name, mjpeg=count, size=HD) for count in args.viewers or [250, 1000]]
-    if name == "snapshot":
-        return [_spec(args, name, snapshots=count, size=HD) for count in args.viewers or [50]]
-    if name == "wss":
-        return [_spec(args, name, ws=count, size=HD, tls=True) for count in args.viewers or [50, 150]]
-    return [_spec(args, name, ws=count, size=HD, idle=True) for count in args.viewers or [1000]]
+    return [
+        _spec(
+            args,
+            scenario.name,
+            size=scenario.size,
+            idle=scenario.idle,
+            tls=scenario.tls,
+            **scenario.clients(count),
+        )
+        for scenario in named(name)
+        for count in args.viewers or scenario.counts
+    ]
 
 
 def _spec(
@@ -283,6 +289,7 @@ def _spec(
         connect_timeout=args.connect_timeout,
         workers=max(1, args.workers),
         tls=tls,
+        truncate=args.msg_trunc,
     )
 
 
@@ -319,7 +326,7 @@ class _Plan:
         if not args.workers:
             raise ValueError("--workers must be at least 1")
         server_core, bench_core, pinning = _pinning(args, local_server=url is None)
-        _check_limits(max(spec.ws + spec.mjpeg + spec.snapshots for spec in specs))
+        _check_limits(max(spec.clients for spec in specs))
         if args.json is not None:
             try:
                 args.json.open("a").close()
@@ -365,10 +372,10 @@ class _Plan:
             server = Server(self.url.authority, self.url, self.pid)
             measured.append(measure(spec, server, jpegs, self.token, None, progress))
         else:
-            with started("broker", self.camera, self.token, self.server_core) as server:
+            with started("broker", self.camera, self.token, self.server_core, spec.clients) as server:
                 measured.append(measure(spec, server, jpegs, self.token, self.server_core, progress))
         if self.baseline:
-            with started("ideal", self.camera, self.token, self.server_core) as server:
+            with started("ideal", self.camera, self.token, self.server_core, spec.clients) as server:
                 ideal = measure(spec, server, jpegs, self.token, self.server_core, progress)
             cost, floor = measured[0].cost, ideal.cost
             if cost is not None and floor:
@@ -380,7 +387,7 @@ class _Plan:
         """The broker over TLS, then the same broker on plain TCP (and the ideal relay): what TLS costs."""
         with (
             throwaway_certificate() as tls,
-            started("broker", self.camera, self.token, self.server_core, tls) as server,
+            started("broker", self.camera, self.token, self.server_core, spec.clients, tls) as server,
         ):
             over_tls = measure(
                 spec,

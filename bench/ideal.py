@@ -4,7 +4,8 @@ Run: ``python -m bench.ideal --port 9000``. One thread, raw ``select.epoll`` on
 nonblocking sockets, no asyncio and no framework: each frame's WebSocket message,
 MJPEG part and snapshot response are built once and ``send()`` goes straight to every
 viewer whose socket has room. A viewer still busy with an earlier frame keeps only the
-newest pending one, as in the broker, so what remains is mostly the kernel's copy.
+newest pending one, and frames that reach the relay together replace each other, as in
+the broker, so what remains is mostly the kernel's copy.
 
 It speaks what the bench needs of the broker's protocol (README, "Protocol"): the
 publisher WebSocket ``/cameras/{camera}/publish`` (any token is accepted), viewers on
@@ -157,7 +158,7 @@ class Sink:
 class Publisher:
     """A publisher WebSocket: masked client frames in; each binary message is published."""
 
-    __slots__ = ("_buf", "_got", "_head", "_mask", "_opcode", "_want", "camera", "relay", "sock")
+    __slots__ = ("_buf", "_got", "_head", "_mask", "_newest", "_opcode", "_want", "camera", "relay", "sock")
 
     def __init__(self, relay: Relay, sock: socket.socket, camera: Camera) -> None:
         self.relay = relay
@@ -169,30 +170,40 @@ class Publisher:
         self._want = 0  # payload bytes of the current frame; 0 while reading a header
         self._opcode = 0
         self._mask = 0
+        self._newest: bytes | None = None  # the last complete frame of this event
 
     def on_event(self, events: int) -> None:
-        """Read the next piece of a frame header or payload."""
-        try:
-            if self._want:
-                count = self.sock.recv_into(memoryview(self._buf)[self._got : self._want])
-                self._got += count
-            else:
-                # Header bytes are read exactly, so the payload lands in its own buffer uncopied.
-                need = wsproto.header_size(self._head[1]) if len(self._head) >= 2 else 2
-                chunk = self.sock.recv(need - len(self._head))
-                count = len(chunk)
-                self._head += chunk
-        except BlockingIOError:
-            return
-        except OSError:
-            count = 0
-        if not count:
-            self.relay.forget(self.sock)
-            return
-        if not self._want:
-            self._header_progress()
-        elif self._got == self._want:
-            self._message(self._want)
+        """Read all that has arrived, then publish the newest complete frame.
+
+        Frames that arrived together replace each other, as in the broker. Reading only
+        one piece per event would take several trips through a busy epoll loop per frame,
+        and frames would queue in the kernel's socket buffers.
+        """
+        while self.relay.owner(self.sock) is self:
+            try:
+                if self._want:
+                    count = self.sock.recv_into(memoryview(self._buf)[self._got : self._want])
+                    self._got += count
+                else:
+                    # Header bytes are read exactly, so the payload lands in its own buffer uncopied.
+                    need = wsproto.header_size(self._head[1]) if len(self._head) >= 2 else 2
+                    chunk = self.sock.recv(need - len(self._head))
+                    count = len(chunk)
+                    self._head += chunk
+            except BlockingIOError:
+                break
+            except OSError:
+                count = 0
+            if not count:
+                self.relay.forget(self.sock)
+                break
+            if not self._want:
+                self._header_progress()
+            elif self._got == self._want:
+                self._message(self._want)
+        newest, self._newest = self._newest, None
+        if newest is not None:
+            self.camera.publish(newest)
 
     def _header_progress(self) -> None:
         if len(self._head) < 2 or len(self._head) < wsproto.header_size(self._head[1]):
@@ -215,7 +226,7 @@ class Publisher:
         words ^= np.uint32(self._mask)
         payload = bytes(memoryview(self._buf)[:length])
         if self._opcode == wsproto.OP_BINARY:
-            self.camera.publish(payload)
+            self._newest = payload
         elif self._opcode == wsproto.OP_PING:
             self._reply(wsproto.frame_header(wsproto.OP_PONG, length) + payload)
         elif self._opcode == wsproto.OP_CLOSE:

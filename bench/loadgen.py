@@ -48,6 +48,7 @@ class WorkerSpec:
     header: bool
     connect_timeout: float
     max_in_flight: int
+    truncate: bool  # take JPEG bytes with MSG_TRUNC instead of copying them (see Buffers)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class WorkerResult:
     lost_reason: str | None
     delivered: list[int]  # per stream viewer that opened
     dups: int
+    repeats: int  # MJPEG keep-alive repeats of the newest frame
     latencies: array[int]
     requests: int
     request_errors: int
@@ -86,7 +88,7 @@ class LoadWorker:
         self.poller = select.epoll()
         self.poller.register(control.fileno(), select.EPOLLIN)
         self.tally = Tally()
-        buffers = Buffers()
+        buffers = Buffers(truncate=spec.truncate)
         context = spec.target.client_context()
         viewer_class = partial(TlsViewer, context=context, sink=bytearray(TLS_READ)) if context else Viewer
         viewers = [
@@ -200,6 +202,7 @@ class LoadWorker:
             lost_reason=lost[0].error if lost else None,
             delivered=[viewer.delivered for viewer in opened_viewers],
             dups=sum(viewer.dups for viewer in opened_viewers),
+            repeats=sum(viewer.repeats for viewer in opened_viewers),
             latencies=self.tally.latencies,
             requests=self.tally.requests,
             request_errors=self.tally.request_errors,

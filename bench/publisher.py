@@ -1,16 +1,18 @@
 """The synthetic camera: one publisher WebSocket in a process of its own, sending on a fixed schedule.
 
-Tick k is due at t0 + k / fps (an absolute schedule, so late ticks do not shift the
-later ones). A tick that finds the previous frame still being written, or that came
+Until the main process sends the window, it publishes one frame a second (so the
+camera is online and MJPEG and snapshot URLs answer while the clients connect); from
+then on tick k is due at t0 + k / fps (an absolute schedule, so late ticks do not shift
+the later ones). A tick that finds the previous frame still being written, or that came
 and went while the process was not running, is skipped and counted. Each distinct
 frame's masked WebSocket message is built once; a send only rewrites the 16 stamp
 bytes (sequence number and send time), masked, so publishing costs next to nothing.
 
 The main process talks to `publish()` over a pipe: it answers ``("ready",)`` or
 ``("error", text)`` after the handshake, publishes at once, takes ``("window",
-start_ns, end_ns)`` (it stops publishing at `end_ns`), and answers ``("close",)``
-with ``("result", PublisherResult)``. A broker closing the connection is reported
-as ``("error", text)``.
+start_ns, end_ns)`` (full rate from then on; it stops publishing at `end_ns`), and
+answers ``("close",)`` with ``("result", PublisherResult)``. A broker closing the
+connection is reported as ``("error", text)``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from .tls import WOULD_BLOCK
 __all__ = ["PublisherResult", "StampedMessages", "publish"]
 
 _STAMP_FIELDS = struct.Struct(">QQ")  # seq, send_ns, as at SEQ_AT in the stamp
+# Until the window is known (clients still connecting) the camera publishes once a second:
+# often enough to stay online and to be served, not so often that the frames already
+# flowing to thousands of connected viewers slow down the others' handshakes.
+IDLE_PERIOD_NS = 1_000_000_000
 
 
 class StampedMessages:
@@ -141,7 +147,10 @@ class _Pacer:
     ) -> None:
         self.sock = sock
         self.messages = messages
-        self.period_ns = round(1e9 / fps)
+        self.rate_period_ns = round(1e9 / fps)
+        self.period_ns = IDLE_PERIOD_NS  # until the window is known
+        self.t0 = 0  # tick k is due at t0 + k * period_ns
+        self.ticks = 0  # ticks handled so far
         self.control = control
         self.poller = select.epoll()
         self.poller.register(sock.fileno(), select.EPOLLIN)
@@ -158,20 +167,20 @@ class _Pacer:
     def run(self, rest: bytes) -> None:
         """Publish until the window ends; serve the socket until told to close."""
         self.parser.feed(rest)
-        t0 = time.monotonic_ns()
-        ticks = 0  # ticks handled so far
+        self.t0 = time.monotonic_ns()
         while True:
             now = time.monotonic_ns()
             publishing = now < self.end_ns
-            if publishing and now >= t0 + ticks * self.period_ns:
-                due = (now - t0) // self.period_ns + 1
-                missed = due - ticks - (0 if self.queue else 1)
-                ticks = due
+            if publishing and now >= self.t0 + self.ticks * self.period_ns:
+                due = (now - self.t0) // self.period_ns + 1
+                missed = due - self.ticks - (0 if self.queue else 1)
+                self.ticks = due
                 if not self.queue:
                     self._send_frame()
                 if self.start_ns <= now < self.end_ns:
                     self.skipped += missed
-            timeout_ns = t0 + ticks * self.period_ns - time.monotonic_ns() if publishing else 500_000_000
+            next_tick = self.t0 + self.ticks * self.period_ns
+            timeout_ns = next_tick - time.monotonic_ns() if publishing else 500_000_000
             for fd, events in self.poller.poll(max(timeout_ns, 0) / 1e9):
                 if fd == self.control.fileno():
                     if self._on_message():
@@ -189,6 +198,8 @@ class _Pacer:
             return True
         if message[0] == "window":
             _, self.start_ns, self.end_ns = message
+            # Full rate from now on: the warm-up before the window covers the ramp.
+            self.t0, self.ticks, self.period_ns = time.monotonic_ns(), 0, self.rate_period_ns
             return False
         result = PublisherResult(self.seq, self.published, self.skipped, self.first_seq, self.last_seq)
         self.control.send(("result", result))

@@ -8,9 +8,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Row", "append_json", "notes", "table"]
+__all__ = ["Row", "append_json", "notes", "receive_line", "table"]
 
 BENCH_BOUND_PCT = 90.0
+# The server's core busier than the server itself by more than this (percentage points):
+# another process ran there, on a shared machine, and the row is not to be trusted.
+SHARED_CORE_PCT = 15.0
+MSG_TRUNC_LABEL = "MSG_TRUNC"
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,8 @@ class Row:
     delivered_pct: float | None
     fps_median: float | None
     fps_min: float | None
-    dups: int
+    dups: int  # frames of the window received again or after a newer one
+    keepalive_repeats: int  # MJPEG's keep-alive: the newest frame repeated (not a duplicate)
     malformed: int
     latency_ms: dict[str, float] | None  # p50, p90, p99, max
     requests: int
@@ -63,6 +68,7 @@ class Row:
     idle_rss_kb_per_viewer: float | None
     bench_cpu_pct: float
     bench_bound: bool
+    msg_trunc: bool  # the clients discarded JPEG bytes in the kernel instead of copying them
     ratio_vs_ideal: float | None = None
     ratio_vs_tcp: float | None = None  # a TLS row's cost divided by the same broker's on plain TCP
 
@@ -95,6 +101,15 @@ def notes(row: Row) -> list[str]:
         found.append(f"{who}: {row.malformed} WebSocket messages had no stamp or a wrong length")
     if row.request_errors:
         found.append(f"{who}: {row.request_errors} snapshot requests were not answered 200")
+    if (
+        row.server_cpu_pct is not None
+        and row.server_core_busy_pct is not None
+        and row.server_core_busy_pct - row.server_cpu_pct > SHARED_CORE_PCT
+    ):
+        found.append(
+            f"{who}: the server's core was {row.server_core_busy_pct:.0f} % busy but the server used "
+            f"{row.server_cpu_pct:.0f} %: other processes shared its core, repeat this row"
+        )
     if row.bench_bound:
         found.append(
             f"{who}: the bench used {row.bench_cpu_pct:.0f} % CPU: it may be the limit, not the server"
@@ -118,6 +133,16 @@ _HEADER = (
 )
 _TLS_COLUMN = "TLS vs TCP"  # only in tables with a TLS row
 _RIGHT = frozenset(("frame kB", "delivered %", "vs ideal", _TLS_COLUMN, "server RSS MB", "bench CPU %"))
+
+
+def receive_line(msg_trunc: bool) -> str:
+    """How the clients received, for the line above the table."""
+    if msg_trunc:
+        return (
+            f"clients: {MSG_TRUNC_LABEL} (--msg-trunc): JPEG bytes discarded in the kernel, not copied as a "
+            "browser does; the server's CPU per item reads lower than with real viewers"
+        )
+    return "clients: every byte received into user space, as a browser does"
 
 
 def table(rows: Iterable[Row]) -> str:
@@ -164,7 +189,8 @@ def _clients(row: Row) -> str:
         (row.mjpeg_connected, row.mjpeg, "mjpeg"),
         (row.snapshots_connected, row.snapshots, "snapshot"),
     )
-    return ", ".join(f"{connected}/{asked} {name}" for connected, asked, name in counts if asked)
+    clients = ", ".join(f"{connected}/{asked} {name}" for connected, asked, name in counts if asked)
+    return f"{clients} ({MSG_TRUNC_LABEL})" if row.msg_trunc else clients
 
 
 def _rate(row: Row) -> str:

@@ -1,10 +1,11 @@
 """One run against one server: publisher and load processes, the phases, the measurements, one Row.
 
-Phases: every client connects, then warm-up (not counted), the measured window, and
-the drain (publishing has stopped; frames sent in the window still count when they
-arrive). Server and bench CPU are read at the window's start and end; the server's
-RSS every half second. An idle run has no publisher: the server's RSS is read before
-the viewers connect and again after they have been connected for the settle time.
+Phases: every client connects (the camera publishes once a second meanwhile), then
+warm-up at the full frame rate (not counted), the measured window, and the drain
+(publishing has stopped; frames sent in the window still count when they arrive).
+Server and bench CPU are read at the window's start and end; the server's RSS every
+half second. An idle run has no publisher: the server's RSS is read before the viewers
+connect and again after they have been connected for the settle time.
 """
 
 from __future__ import annotations
@@ -58,7 +59,13 @@ class RunSpec:
     idle: bool
     connect_timeout: float
     workers: int
+    truncate: bool  # load processes take JPEG bytes with MSG_TRUNC (see bench/client.py, Buffers)
     tls: bool = False  # the broker serves TLS (wss://), measured against itself on plain TCP
+
+    @property
+    def clients(self) -> int:
+        """Every client of the run: viewers and snapshot clients."""
+        return self.ws + self.mjpeg + self.snapshots
 
     @property
     def kind(self) -> str:
@@ -181,7 +188,14 @@ class _Run:
         in_flight = max(1, MAX_IN_FLIGHT // spec.workers)
         for slot, (ws, mjpeg, snapshots) in enumerate(counts):
             worker = WorkerSpec(
-                self.server.target, ws, mjpeg, snapshots, spec.header, spec.connect_timeout, in_flight
+                target=self.server.target,
+                ws=ws,
+                mjpeg=mjpeg,
+                snapshots=snapshots,
+                header=spec.header,
+                connect_timeout=spec.connect_timeout,
+                max_in_flight=in_flight,
+                truncate=spec.truncate,
             )
             here, there = self.context.Pipe()
             self.workers.append(here)
@@ -190,7 +204,7 @@ class _Run:
         failure = None
         deadline = time.monotonic() + spec.connect_timeout + STARTUP_GRACE
         waiting = list(self.workers)
-        asked = spec.ws + spec.mjpeg + spec.snapshots
+        asked = spec.clients
         while waiting:
             for conn in wait(waiting, timeout=PROGRESS_INTERVAL):
                 _, worker_opened, _, worker_failure = self._receive(conn, 0, "a load process")
@@ -262,7 +276,7 @@ class _Run:
             phase = f"drain {now - end:.1f}/{self.spec.drain:g} s"
         text = (
             f"[{self.label}] {phase}, clients {sum(self.shared[1::2])}/"
-            f"{self.spec.ws + self.spec.mjpeg + self.spec.snapshots}, delivered {sum(self.shared[0::2])}"
+            f"{self.spec.clients}, delivered {sum(self.shared[0::2])}"
         )
         if sample.server_cpu is not None and previous.server_cpu is not None and sample.at > previous.at:
             text += (
@@ -352,6 +366,7 @@ class _Run:
             fps_median=statistics.median(delivered_each) / window if streaming and viewers else None,
             fps_min=min(delivered_each) / window if streaming and viewers else None,
             dups=sum(result.dups for result in results),
+            keepalive_repeats=sum(result.repeats for result in results),
             malformed=sum(result.malformed + result.unstamped for result in results),
             latency_ms=_percentiles(latencies) if streaming else None,
             requests=requests,
@@ -371,6 +386,7 @@ class _Run:
             ),
             bench_cpu_pct=bench_pct,
             bench_bound=bench_bound,
+            msg_trunc=spec.truncate and not spec.tls,  # TLS has no MSG_TRUNC: its viewers decrypt all
         )
 
     # -- helpers ------------------------------------------------------------------------

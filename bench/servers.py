@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 MAX_LOG_LINES = 20
+VIEWER_LIMIT_FLOOR = 10_000  # the broker's default --max-viewers: never lowered for small runs
 
 
 @dataclass(frozen=True)
@@ -76,20 +77,26 @@ def check_reachable(target: Target, timeout: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def started(
-    name: str, camera: str, token: str, core: int | None, tls: TlsFiles | None = None
+    name: str, camera: str, token: str, core: int | None, clients: int, tls: TlsFiles | None = None
 ) -> Iterator[Server]:
     """Start the broker (`name` "broker") or the ideal relay ("ideal") on a free loopback port.
 
     With `tls` the broker serves HTTPS and WSS with that certificate (the ideal relay has no TLS).
 
     It runs pinned to `core` (if not None), is stopped with SIGTERM (SIGKILL after
-    5 s) when the block ends, and whatever it wrote to stderr is repeated then.
+    5 s) when the block ends, and whatever it wrote to stderr is repeated then. The
+    broker's viewer limits are raised to `clients` where they are lower, so that they
+    are not what the run measures (an idle run's viewers all wait for a camera that
+    has never published).
     """
     host = "127.0.0.1"
     port = _free_port(host)
     if name == "broker":
+        limit = str(max(clients, VIEWER_LIMIT_FLOOR))
         command = [sys.executable, "-m", "broker", "--host", host, "--port", str(port),
-                   f"--publish-token={token}", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+                   f"--publish-token={token}", "--no-access-log", "--log-level", "warning",
+                   "--max-viewers", limit, "--max-viewers-per-camera", limit,
+                   "--max-waiting-viewers", limit]  # fmt: skip
         if tls is not None:
             command += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import select
-import socket
 import time
 from collections.abc import Callable
 
@@ -43,7 +42,7 @@ class SnapshotClient(Client):
         )
         self._sent_ns = 0
         self._status = 0
-        self._body = 0  # bytes of the current body still to discard
+        self._body = 0  # bytes of the current body still to take
 
     def request(self) -> bytes:
         """The GET; its send time starts the latency."""
@@ -56,15 +55,12 @@ class SnapshotClient(Client):
         return None
 
     def on_readable(self) -> None:
-        """Discard body bytes in the kernel, or read the next response head."""
+        """Take body bytes (see Buffers), or read the next response head."""
         sock = self.sock
         assert sock is not None
         try:
             if self._body:
-                buffers = self.buffers
-                count = sock.recv_into(
-                    buffers.discard, min(self._body, buffers.discard_size), socket.MSG_TRUNC
-                )
+                count = self.buffers.take(sock, self._body)
                 data = b""
             else:
                 data = sock.recv(4096)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import select
-import socket
 import struct
 import time
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from .target import Target
 
 __all__ = ["Viewer"]
 
-_TRUNC = socket.MSG_TRUNC
 _monotonic_ns = time.monotonic_ns
 
 
@@ -26,11 +24,13 @@ class Viewer(Client):
 
     A frame is delivered when the last byte of its JPEG has been received, if its
     send time is inside the measured window and its sequence number is newer than
-    any this viewer has seen. A frame of the window seen again or older counts in
-    `dups`, except the newest one repeated after the window (MJPEG's keep-alive).
+    any this viewer has seen. A frame of the window seen again counts apart: an MJPEG
+    stream repeating its newest frame is the broker's keep-alive (`repeats`, expected
+    when the camera is quiet, as in the drain); anything else, an older frame or a
+    WebSocket message repeated, is a duplicate (`dups`).
     """
 
-    __slots__ = ("_key", "buffers", "delivered", "dups", "header", "last_seq", "parser", "tally")
+    __slots__ = ("_key", "buffers", "delivered", "dups", "header", "last_seq", "parser", "repeats", "tally")
 
     def __init__(
         self,
@@ -49,6 +49,7 @@ class Viewer(Client):
         self.buffers = buffers
         self.delivered = 0
         self.dups = 0
+        self.repeats = 0
         self.last_seq = 0
         self._key = wsproto.new_key()
         self.parser: WebSocketParser | MjpegParser = (
@@ -78,7 +79,7 @@ class Viewer(Client):
         return None
 
     def on_readable(self) -> None:
-        """Discard JPEG bytes in the kernel while skipping; otherwise read a little and parse it."""
+        """Take the JPEG's bytes while skipping (see Buffers); otherwise read a little and parse it."""
         parser = self.parser
         sock = self.sock
         assert sock is not None
@@ -92,9 +93,9 @@ class Viewer(Client):
                 parser.feed(buffers.scan_view[:count])
                 if not parser.skip or self.state == CLOSED:
                     return
-                # The JPEG usually follows at once: discard it now rather than after
+                # The JPEG usually follows at once: take it now rather than after
                 # another trip through epoll.
-            count = sock.recv_into(buffers.discard, min(parser.skip, buffers.discard_size), _TRUNC)
+            count = buffers.take(sock, parser.skip)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -114,10 +115,11 @@ class Viewer(Client):
                 self.delivered += 1
                 tally.delivered += 1
                 tally.latencies.append(now - send_ns)
-        elif tally.start_ns <= send_ns < tally.end_ns and (seq < self.last_seq or now < tally.end_ns):
-            # Not after the window for the newest frame: the camera is quiet then, and an
-            # MJPEG stream repeats its last frame as a keep-alive.
-            self.dups += 1
+        elif tally.start_ns <= send_ns < tally.end_ns:
+            if seq == self.last_seq and self.kind == "mjpeg":
+                self.repeats += 1
+            else:
+                self.dups += 1
 
     def _on_control(self, opcode: int, payload: bytes) -> None:
         assert self.sock is not None

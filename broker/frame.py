@@ -28,6 +28,7 @@ class Frame:
         "received_at",
         "received_mono",
         "seq",
+        "snapshot_head",
         "width",
     )
 
@@ -42,6 +43,9 @@ class Frame:
         self._ws_message_with_header: bytes | None = None
         self._mjpeg_part: bytes | None = None
         self._mjpeg_chunk: bytes | None = None
+        # The snapshot answer's status line and headers, built by broker/snapshot.py on the
+        # first request for this frame (they carry the broker's ETag and HTTP formats).
+        self.snapshot_head: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<Frame {self.camera} #{self.seq} {len(self.jpeg)} bytes>"

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import time
-from email.utils import formatdate
 
 from aiohttp import web
+from aiohttp.helpers import ETAG_ANY, rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 
+from . import wire
 from .app_keys import AUTH, HUB, INSTANCE
+from .frame import Frame
 from .params import camera_id
 
 __all__ = ["snapshot"]
 
 RETRY_AFTER_SECONDS = "1"
+_FIXED_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 
-async def snapshot(request: web.Request) -> web.Response:
+async def snapshot(request: web.Request) -> web.StreamResponse:
     """`GET /cameras/{camera}/snapshot.jpg`: 200 with the JPEG, 304, 404 never seen, 503 no frame yet."""
     camera = camera_id(request)
     await request.app[AUTH].may_view(request, camera)
@@ -28,19 +33,105 @@ async def snapshot(request: web.Request) -> web.Response:
             text=f"camera {camera!r} has no frame yet\n",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
-    etag = f'"{request.app[INSTANCE]}-{camera}-{frame.seq}"'
-    headers = {
-        "ETag": etag,
-        "Last-Modified": formatdate(frame.received_at, usegmt=True),
-        "Cache-Control": "no-cache",
-        "X-Frame-Age": f"{max(0.0, time.monotonic() - frame.received_mono):.3f}",
-        "X-Frame-Seq": str(frame.seq),
-        "X-Content-Type-Options": "nosniff",
-    }
-    if etag in _etags(request.headers.get("If-None-Match", "")):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=frame.jpeg, content_type="image/jpeg", headers=headers)
+    age = f"{max(0.0, time.monotonic() - frame.received_mono):.3f}"
+    instance = request.app[INSTANCE]
+    if _not_modified(request, _etag(instance, frame), _last_modified(frame)):
+        return _answer(frame, instance, age, status=304)
+    if request.method == "GET" and request.version == HttpVersion11 and request.keep_alive:
+        head = frame.snapshot_head
+        if head is None:
+            head = frame.snapshot_head = _prebuilt_head(frame, instance)
+        return _PrebuiltAnswer(head, age, frame.jpeg)
+    # HEAD, HTTP/1.0 and "Connection: close" are rare: aiohttp builds those answers.
+    return _answer(frame, instance, age, body=frame.jpeg)
 
 
-def _etags(header: str) -> set[str]:
-    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+def _etag(instance: str, frame: Frame) -> str:
+    # Sequence numbers restart with the broker: the per-run part keeps old ETags from matching.
+    return f"{instance}-{frame.camera}-{frame.seq}"
+
+
+def _last_modified(frame: Frame) -> int:
+    # Whole seconds, rounded down: HTTP dates have no fractions, and Last-Modified must
+    # not be later than the Date of the answer (RFC 9110 8.8.2.1).
+    return math.floor(frame.received_at)
+
+
+def _not_modified(request: web.BaseRequest, etag: str, last_modified: int) -> bool:
+    """RFC 9110 13.2.2: If-None-Match decides when present (weak comparison); else If-Modified-Since."""
+    tags = request.if_none_match
+    if tags is not None:
+        return any(tag.value in (etag, ETAG_ANY) for tag in tags)
+    since = request.if_modified_since
+    # One-second resolution: a frame newer by less than a second is "not modified" here;
+    # the ETag tells every frame apart.
+    return since is not None and last_modified <= since.timestamp()
+
+
+def _answer(
+    frame: Frame, instance: str, age: str | None, *, status: int = 200, body: bytes | None = None
+) -> web.Response:
+    """An answer about `frame` with every header but Date and Server, which aiohttp adds."""
+    content_type = None if body is None else "image/jpeg"
+    response = web.Response(status=status, body=body, content_type=content_type, headers=_FIXED_HEADERS)
+    response.etag = _etag(instance, frame)
+    response.last_modified = _last_modified(frame)
+    response.headers["X-Frame-Seq"] = str(frame.seq)
+    if age is not None:
+        response.headers["X-Frame-Age"] = age
+    return response
+
+
+def _prebuilt_head(frame: Frame, instance: str) -> bytes:
+    """The status line and the headers of a keep-alive HTTP/1.1 200, built once per frame.
+
+    The headers are those of `_answer()`, so both ways of answering say the same.
+    """
+    headers = _answer(frame, instance, None, body=frame.jpeg).headers
+    return wire.http_head(
+        "HTTP/1.1 200 OK",
+        [*headers.items(), ("Content-Length", str(len(frame.jpeg))), ("Server", SERVER_SOFTWARE)],
+    )
+
+
+class _PrebuiltAnswer(web.StreamResponse):
+    """A 200 written as the frame's prebuilt head, Date and X-Frame-Age, then the JPEG.
+
+    aiohttp would build, check and serialize the same headers again for every request;
+    pollers ask thousands of times a second, and writing the prebuilt bytes took a third
+    less CPU per snapshot (README, "Performance"). Only for keep-alive HTTP/1.1 GETs.
+    """
+
+    def __init__(self, head: bytes, age: str, jpeg: bytes) -> None:
+        super().__init__(status=200)
+        self._parts: tuple[bytes, ...] | None = (head, _request_headers(age), jpeg)
+        self._length = len(jpeg)
+
+    @property
+    def keep_alive(self) -> bool:
+        """Always: only keep-alive requests get this answer."""
+        return True
+
+    @property
+    def body_length(self) -> int:
+        """The JPEG's length, for the access log."""
+        return self._length
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        """Write the whole answer; wait while the transport holds too much unsent data."""
+        parts, self._parts = self._parts, None
+        if parts is None:
+            return
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.writelines(parts)
+        await request.writer.drain()
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        """Nothing: `prepare()` wrote the whole answer."""
+
+
+def _request_headers(age: str) -> bytes:
+    # rfc822_formatted_time() is the Date aiohttp sends itself, formatted once a second.
+    return b"Date: %s\r\nX-Frame-Age: %s\r\n\r\n" % (rfc822_formatted_time().encode(), age.encode())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 __all__ = [
     "OP_BINARY",
     "OP_TEXT",
     "http_chunk",
+    "http_head",
     "mjpeg_part",
     "websocket_frame",
 ]
@@ -43,3 +45,9 @@ def mjpeg_part(jpeg: bytes, boundary: bytes) -> bytes:
 def http_chunk(data: bytes) -> bytes:
     """`data` as one chunk of an HTTP/1.1 chunked body."""
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def http_head(status_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """A response's status line and header lines, each ending in CRLF; the blank line is not included."""
+    lines = [status_line, *(f"{name}: {value}" for name, value in headers)]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")

@@ -6,7 +6,11 @@ import asyncio
 import email.utils
 import time
 
+import aiohttp
+
 from .conftest import make_jpeg, publisher
+
+PER_REQUEST = {"Date", "X-Frame-Age"}
 
 
 async def post(http, broker, camera: str, frame: bytes) -> None:
@@ -51,6 +55,90 @@ async def test_if_none_match_gives_304_until_a_new_frame(broker, http):
     await post(http, broker, "garden", make_jpeg((1, 1, 1)))
     async with http.get(broker.url("/cameras/garden/snapshot.jpg"), headers={"If-None-Match": etag}) as resp:
         assert resp.status == 200
+
+
+async def test_if_none_match_star_gives_304_only_while_a_frame_exists(broker, http):
+    """`If-None-Match: *` asks "is there any frame?": 304 once there is one, 404/503 before."""
+    star = {"If-None-Match": "*"}
+    async with http.get(broker.url("/cameras/garden/snapshot.jpg"), headers=star) as resp:
+        assert resp.status == 404
+    pub = await publisher(http, broker, "garden")
+    async with http.get(broker.url("/cameras/garden/snapshot.jpg"), headers=star) as resp:
+        assert resp.status == 503
+    await pub.close()
+    await post(http, broker, "garden", make_jpeg())
+    async with http.get(broker.url("/cameras/garden/snapshot.jpg"), headers=star) as resp:
+        assert resp.status == 304
+        assert resp.headers["X-Frame-Seq"] == "1"
+        assert resp.headers["ETag"]
+
+
+async def test_if_modified_since_gives_304_unless_the_frame_is_newer(broker, http):
+    """If-Modified-Since is compared with Last-Modified (whole seconds); If-None-Match overrides it."""
+    await post(http, broker, "garden", make_jpeg())
+    async with http.get(broker.url("/cameras/garden/snapshot.jpg")) as resp:
+        modified = resp.headers["Last-Modified"]
+        etag = resp.headers["ETag"]
+    earlier = email.utils.formatdate(email.utils.parsedate_to_datetime(modified).timestamp() - 1, usegmt=True)
+    cases = [
+        ({"If-Modified-Since": modified}, 304),
+        ({"If-Modified-Since": earlier}, 200),
+        ({"If-Modified-Since": "not a date"}, 200),
+        ({"If-Modified-Since": modified, "If-None-Match": '"another-frame"'}, 200),
+        ({"If-Modified-Since": earlier, "If-None-Match": etag}, 304),
+    ]
+    for headers, status in cases:
+        async with http.get(broker.url("/cameras/garden/snapshot.jpg"), headers=headers) as resp:
+            assert resp.status == status, headers
+            assert resp.headers["Last-Modified"] == modified
+            assert len(await resp.read()) == (0 if status == 304 else int(resp.headers["Content-Length"]))
+
+
+async def test_every_way_of_asking_gets_the_same_headers(broker, http):
+    """Keep-alive GET, HEAD, HTTP/1.0 and `Connection: close` answers carry the same headers."""
+    frame = make_jpeg((5, 6, 7))
+    await post(http, broker, "garden", frame)
+    url = broker.url("/cameras/garden/snapshot.jpg")
+    answers = {}
+    http10 = aiohttp.ClientSession(version=aiohttp.HttpVersion10)
+    for name, session, method, headers in [
+        ("get", http, "GET", {}),
+        ("head", http, "HEAD", {}),
+        ("http/1.0", http10, "GET", {}),
+        ("close", http, "GET", {"Connection": "close"}),
+    ]:
+        async with session.request(method, url, headers=headers) as resp:
+            assert resp.status == 200
+            assert await resp.read() == (b"" if method == "HEAD" else frame)
+            answers[name] = {k: v for k, v in resp.headers.items() if k not in PER_REQUEST | {"Connection"}}
+            assert set(resp.headers.getall("Date")) == {resp.headers["Date"]}
+    await http10.close()
+    assert answers["get"]["Content-Length"] == str(len(frame))
+    assert answers["get"]["Server"].startswith("Python/")
+    for name, headers in answers.items():
+        assert headers == answers["get"], name
+
+
+async def test_pipelined_keep_alive_requests_get_whole_answers(broker):
+    """Two requests sent at once on one connection: two complete answers, in order, then more."""
+    frame = make_jpeg((8, 8, 8), size=(640, 480), noise=3)
+    async with aiohttp.ClientSession() as http:
+        await post(http, broker, "garden", frame)
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    request = b"GET /cameras/garden/snapshot.jpg HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % broker.port
+    try:
+        for count in (2, 1):
+            writer.write(request * count)
+            for _ in range(count):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                lines = head.decode("latin-1").split("\r\n")
+                assert lines[0] == "HTTP/1.1 200 OK"
+                fields = dict(line.split(": ", 1) for line in lines[1:] if line)
+                assert int(fields["Content-Length"]) == len(frame)
+                assert await asyncio.wait_for(reader.readexactly(len(frame)), 5) == frame
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 async def test_etags_differ_between_broker_runs(start_broker, http):

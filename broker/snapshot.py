@@ -7,7 +7,7 @@ from email.utils import formatdate
 
 from aiohttp import web
 
-from .app_keys import AUTH, HUB, INSTANCE
+from .app_keys import AUTH, CLUSTER, HUB
 from .params import camera_id
 
 __all__ = ["snapshot"]
@@ -22,13 +22,16 @@ async def snapshot(request: web.Request) -> web.Response:
     channel = request.app[HUB].channel(camera)
     if channel is None or not channel.seen:
         raise web.HTTPNotFound(text=f"camera {camera!r} has never published\n")
-    frame = channel.latest
+    cluster = request.app.get(CLUSTER)
+    frame = channel.latest if cluster is None else await cluster.newest(channel)
     if frame is None:
         raise web.HTTPServiceUnavailable(
             text=f"camera {camera!r} has no frame yet\n",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
-    etag = f'"{request.app[INSTANCE]}-{camera}-{frame.seq}"'
+    # The receive time tells a restarted camera's frame 1 from the last one's, and is carried
+    # across Redis unchanged, so every node of a cluster gives a frame the same ETag.
+    etag = f'"{camera}-{frame.seq}-{int(frame.received_at * 1e6):x}"'
     headers = {
         "ETag": etag,
         "Last-Modified": formatdate(frame.received_at, usegmt=True),

@@ -4,6 +4,9 @@ is a separate process, every client talks to it over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -112,3 +115,148 @@ async def test_frames_cross_nodes_byte_identical(run_broker: Run, redis: RedisSe
     async with http.get(b.url("/healthz")) as resp:
         health = await resp.json()
     assert health["node"] == "b" and health["redis"]["state"] == "up"
+
+
+async def test_a_publisher_on_another_node_takes_over(run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession):
+    """A new publisher on node B takes the camera from node A's, which is closed with 4000;
+    sequence numbers keep rising for a viewer on node C."""
+    a = await node(run_broker, redis, "a")
+    b = await node(run_broker, redis, "b")
+    c = await node(run_broker, redis, "c")
+    first = await publisher_on(http, a, "gate")
+    await held_by(http, c, "gate", "a")
+    viewer = await http.ws_connect(ws_url(c, "/cameras/gate/ws?header=1"))
+    last = 0
+    for index in range(3):
+        await first.send_bytes(make_jpeg((10, 10, 10 + index)))
+        last = seq_of(await frame_with_seq_after(viewer, last))
+    second = await publisher_on(http, b, "gate")
+    while (await asyncio.wait_for(first.receive(), 10)).type == aiohttp.WSMsgType.TEXT:
+        pass  # viewer counts
+    assert first.close_code == 4000
+    await held_by(http, c, "gate", "b")
+    jpeg = make_jpeg((200, 10, 10), text="b")
+    await second.send_bytes(jpeg)
+    message = await frame_with_seq_after(viewer, last)
+    assert message[16:] == jpeg and seq_of(message) == last + 1
+    async with http.post(a.url("/cameras/gate/publish"), data=jpeg, headers=AUTH) as resp:
+        assert resp.status == 409  # node A knows the camera is held on B
+
+
+async def test_demand_counts_viewers_on_every_node(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession, tmp_path: Path
+):
+    """A camera-agent capturing on demand on node A starts when the only viewer is on node B, and
+    a publisher hears the count drop to 0 within seconds of that viewer's node dying."""
+    a = await node(run_broker, redis, "a")
+    b = await node(run_broker, redis, "b")
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "camera_agent", "--broker", a.url(""), "--camera", "porch",
+        "--source", "synthetic", "--fps", "15", "--idle-grace", "0.5", "--stats-interval", "0",
+        env={**os.environ, "CAMERA_AGENT_TOKEN": TOKEN},
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await held_by(http, b, "porch", "a")
+        entry = await camera_entry(http, a, "porch")
+        assert entry is not None and entry["frames"] == 0  # nobody watches: the agent does not capture
+        viewer = await http.ws_connect(ws_url(b, "/cameras/porch/ws?header=1"))
+        first = await frame_with_seq_after(viewer, 0)
+        await frame_with_seq_after(viewer, seq_of(first))  # frames keep coming, not just one
+    finally:
+        agent.terminate()
+        await agent.wait()
+    pub = await publisher_on(http, a, "deck")
+    await held_by(http, b, "deck", "a")
+    watching = await http.ws_connect(ws_url(b, "/cameras/deck/ws"))
+    assert await next_json(pub) == {"type": "viewers", "count": 1}
+    assert not watching.closed
+    b.proc.kill()  # the node dies without a word, its viewer still connected
+    assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 0}
+
+
+async def test_redis_killed_and_restarted(run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession):
+    """While Redis is down each node serves its own publisher's camera to its own viewers and
+    says so once; within seconds of Redis' return frames cross nodes again."""
+    a = await node(run_broker, redis, "a")
+    b = await node(run_broker, redis, "b")
+    pub = await publisher_on(http, a, "shed")
+    await held_by(http, b, "shed", "a")
+    local = await http.ws_connect(ws_url(a, "/cameras/shed/ws?header=1"))
+    remote = await http.ws_connect(ws_url(b, "/cameras/shed/ws?header=1"))
+    await pub.send_bytes(make_jpeg())
+    last = seq_of(await frame_with_seq_after(remote, 0))
+    redis.kill()
+    await redis_state(http, a, "down")
+    jpeg = make_jpeg((1, 2, 3), text="outage")
+    await pub.send_bytes(jpeg)
+    assert (await frame_with_seq_after(local, last))[16:] == jpeg
+    await redis.start()
+    await redis_state(http, a, "up")
+    await redis_state(http, b, "up")
+    await held_by(http, b, "shed", "a")
+
+    async def crossed() -> bool:
+        await pub.send_bytes(make_jpeg((9, 9, 9)))
+        try:
+            message = await next_binary(remote, timeout=0.3)
+        except TimeoutError:
+            return False
+        return seq_of(message) > last
+
+    await eventually(crossed, timeout=10, what="frames crossing nodes again")
+    pub_log = await stop_and_log(a)
+    assert pub_log.count("unreachable") == 1
+
+
+async def test_redis_frozen(run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession):
+    """A Redis stopped with SIGSTOP is noticed by timeouts: local viewers keep their frames, and
+    after SIGCONT frames cross nodes again."""
+    a = await node(run_broker, redis, "a")
+    b = await node(run_broker, redis, "b")
+    pub = await publisher_on(http, a, "barn")
+    await held_by(http, b, "barn", "a")
+    local = await http.ws_connect(ws_url(a, "/cameras/barn/ws?header=1"))
+    remote = await http.ws_connect(ws_url(b, "/cameras/barn/ws?header=1"))
+    await pub.send_bytes(make_jpeg())
+    last = seq_of(await frame_with_seq_after(remote, 0))
+    redis.freeze()
+    try:
+        await redis_state(http, a, "down")
+        await redis_state(http, b, "down")
+        for index in range(3):
+            jpeg = make_jpeg((index, 0, 0))
+            await pub.send_bytes(jpeg)
+            message = await frame_with_seq_after(local, last)
+            assert message[16:] == jpeg
+            last = seq_of(message)
+    finally:
+        redis.thaw()
+    await redis_state(http, a, "up")
+    await redis_state(http, b, "up")
+
+    async def crossed() -> bool:
+        await pub.send_bytes(make_jpeg((9, 9, 9)))
+        try:
+            message = await next_binary(remote, timeout=0.3)
+        except TimeoutError:
+            return False
+        return seq_of(message) > last
+
+    await eventually(crossed, timeout=10, what="frames crossing nodes again")
+
+
+async def redis_state(http: aiohttp.ClientSession, broker: BrokerProcess, state: str) -> None:
+    async def check() -> bool:
+        async with http.get(broker.url("/healthz")) as resp:
+            assert resp.status == 200  # liveness never fails over Redis
+            return (await resp.json())["redis"]["state"] == state
+
+    await eventually(check, what=f"redis {state} on port {broker.port}")
+
+
+async def stop_and_log(broker: BrokerProcess) -> str:
+    broker.proc.terminate()
+    log = await broker.rest_of_log()
+    await broker.proc.wait()
+    return log

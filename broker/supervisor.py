@@ -155,6 +155,7 @@ class Supervisor:
         finally:
             os.environ.update(env_backup)
         writer.close()
+        log.info("worker %d started (pid %s)", worker.index, process.pid)
         worker.process, worker.pipe = process, reader
         worker.started = worker.heard = time.monotonic()
         worker.ready = False

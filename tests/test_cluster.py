@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import signal
+import socket
+import struct
 import subprocess
 import sys
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import trustme
+from yarl import URL
 
-from .cluster_support import NODE_FLAGS, RedisServer
+from .access_support import PASSWORDS, family_config
+from .cluster_support import NODE_FLAGS, RedisServer, free_port
 from .conftest import TOKEN, BrokerProcess, PartReader, make_jpeg, next_binary, next_json
 
 Run = Callable[..., Awaitable[BrokerProcess]]
@@ -33,7 +39,13 @@ async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
 async def node(run_broker: Run, redis: RedisServer, name: str, *flags: str) -> BrokerProcess:
     """A broker process that is node `name` of the cluster in `redis`."""
     return await run_broker(
-        "--redis", redis.url, "--node-name", name, *NODE_FLAGS, *flags, env={"FRAMEBROKER_PUBLISH_TOKEN": TOKEN}
+        "--redis",
+        redis.url,
+        "--node-name",
+        name,
+        *NODE_FLAGS,
+        *flags,
+        env={"FRAMEBROKER_PUBLISH_TOKEN": TOKEN},
     )
 
 
@@ -44,13 +56,17 @@ def ws_url(broker: BrokerProcess, path: str) -> str:
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def publisher_on(http: aiohttp.ClientSession, broker: BrokerProcess, camera: str) -> aiohttp.ClientWebSocketResponse:
+async def publisher_on(
+    http: aiohttp.ClientSession, broker: BrokerProcess, camera: str
+) -> aiohttp.ClientWebSocketResponse:
     ws = await http.ws_connect(ws_url(broker, f"/cameras/{camera}/publish"), headers=AUTH)
     assert (await next_json(ws))["type"] == "viewers"
     return ws
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+) -> None:
     """Wait until `check()` holds (polling), or fail naming `what`."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():
@@ -59,7 +75,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         await asyncio.sleep(0.05)
 
 
-async def camera_entry(http: aiohttp.ClientSession, broker: BrokerProcess, camera: str) -> dict[str, Any] | None:
+async def camera_entry(
+    http: aiohttp.ClientSession, broker: BrokerProcess, camera: str
+) -> dict[str, Any] | None:
     async with http.get(broker.url("/api/cameras")) as resp:
         cameras = (await resp.json())["cameras"]
     return next((c for c in cameras if c["id"] == camera), None)
@@ -85,7 +103,9 @@ async def frame_with_seq_after(ws: aiohttp.ClientWebSocketResponse, after: int) 
             return message
 
 
-async def test_frames_cross_nodes_byte_identical(run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession):
+async def test_frames_cross_nodes_byte_identical(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
     """A publisher on node A and a viewer on node B: B's viewer, snapshot, MJPEG and camera list
     show A's frames byte for byte, with the same sequence numbers and ETags."""
     a = await node(run_broker, redis, "a")
@@ -101,7 +121,10 @@ async def test_frames_cross_nodes_byte_identical(run_broker: Run, redis: RedisSe
         last = seq_of(message)
         assert message[16:] == jpeg
     assert last >= 5
-    async with http.get(b.url("/cameras/yard/snapshot.jpg")) as on_b, http.get(a.url("/cameras/yard/snapshot.jpg")) as on_a:
+    async with (
+        http.get(b.url("/cameras/yard/snapshot.jpg")) as on_b,
+        http.get(a.url("/cameras/yard/snapshot.jpg")) as on_a,
+    ):
         assert await on_b.read() == jpeg == await on_a.read()
         assert on_b.headers["ETag"] == on_a.headers["ETag"]
         assert on_b.headers["X-Frame-Seq"] == on_a.headers["X-Frame-Seq"] == str(last)
@@ -117,7 +140,9 @@ async def test_frames_cross_nodes_byte_identical(run_broker: Run, redis: RedisSe
     assert health["node"] == "b" and health["redis"]["state"] == "up"
 
 
-async def test_a_publisher_on_another_node_takes_over(run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession):
+async def test_a_publisher_on_another_node_takes_over(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
     """A new publisher on node B takes the camera from node A's, which is closed with 4000;
     sequence numbers keep rising for a viewer on node C."""
     a = await node(run_broker, redis, "a")
@@ -260,3 +285,181 @@ async def stop_and_log(broker: BrokerProcess) -> str:
     log = await broker.rest_of_log()
     await broker.proc.wait()
     return log
+
+
+async def test_two_workers_share_one_port(tmp_path: Path, redis: RedisServer, http: aiohttp.ClientSession):
+    """`--workers 2` serves one port from two processes acting as one: viewers on either worker
+    get the camera; a worker that dies is restarted; SIGTERM stops them all."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "--workers", "2", "--redis", redis.url, "--port", "0", *NODE_FLAGS,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"),
+             "FRAMEBROKER_PUBLISH_TOKEN": TOKEN},
+    )  # fmt: skip
+    broker = BrokerProcess(proc)
+    try:
+        await until_log(broker, r"2 workers serving on port (\d+)")
+        broker.port = int(re.search(r"2 workers serving on port (\d+)", broker.log).group(1))  # type: ignore[union-attr]
+        pub = await publisher_on(http, broker, "lane")
+        viewers = [await http.ws_connect(ws_url(broker, "/cameras/lane/ws?header=1")) for _ in range(8)]
+        # Each new connection goes to either worker: a worker counting some viewers but not all
+        # shows that both have viewers, so one of them gets the frames through Redis.
+        await eventually(lambda: spread(broker, len(viewers)), what="viewers on both workers")
+        jpeg = make_jpeg(text="workers")
+        await pub.send_bytes(jpeg)
+        for viewer in viewers:
+            assert (await frame_with_seq_after(viewer, 0))[16:] == jpeg
+        async with http.get(broker.url("/healthz")) as resp:
+            assert (await resp.json())["node"] in {
+                f"{socket.gethostname()}:{broker.port}/w{i}" for i in (1, 2)
+            }
+        pids = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", broker.log)]
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)
+        await until_log(broker, r"worker 1 exited")
+        await until_log(broker, r"worker 1 serving again")
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        pids += [
+            int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", await broker.rest_of_log())
+        ]
+        assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]  # every worker stopped
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def spread(broker: BrokerProcess, viewers: int) -> bool:
+    """Whether the worker answering a new connection has some of the camera's viewers, not all."""
+    async with aiohttp.ClientSession() as fresh, fresh.get(broker.url("/api/cameras")) as resp:
+        cameras = (await resp.json())["cameras"]
+    return 0 < cameras[0]["viewers"]["ws"] < viewers
+
+
+async def until_log(broker: BrokerProcess, pattern: str) -> None:
+    """Read the broker's log until a line matches `pattern`."""
+    assert broker.proc.stderr is not None
+    while not re.search(pattern, broker.log):
+        line = await asyncio.wait_for(broker.proc.stderr.readline(), 20)
+        assert line, f"broker exited:\n{broker.log}"
+        broker.log += line.decode()
+
+
+async def test_signing_out_on_one_node_ends_the_session_on_all(
+    run_broker: Run, redis: RedisServer, tmp_path: Path
+):
+    """Nodes sharing the config and the signing key accept each other's session cookies, and
+    a sign-out on node A ends the session on node B too."""
+    config = family_config(tmp_path)
+    shared = {"FRAMEBROKER_SECRET": "cluster-wide-signing-key-0123456789", "FRAMEBROKER_PUBLISH_TOKEN": TOKEN}
+    nodes = [
+        await run_broker(
+            "--redis",
+            redis.url,
+            "--node-name",
+            name,
+            "--config",
+            str(config),
+            *NODE_FLAGS,
+            env={**shared, "FRAMEBROKER_STATE_DIR": str(tmp_path / name)},
+        )
+        for name in ("a", "b")
+    ]
+    a, b = nodes
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        form = {"username": "alice", "password": PASSWORDS["alice"]}
+        async with browser.post(a.url("/login"), data=form) as resp:
+            assert resp.status == 200
+        cookie = browser.cookie_jar.filter_cookies(URL(a.url("/")))["framebroker_session"].value
+        async with browser.post(a.url("/logout")) as resp:
+            assert resp.status == 200
+    async with aiohttp.ClientSession(cookies={"framebroker_session": cookie}) as replay:
+
+        async def signed_out_on_b() -> bool:
+            async with replay.get(b.url("/api/session")) as resp:
+                return (await resp.json())["user"] is None
+
+        async with replay.get(b.url("/api/session")) as resp:
+            was = (await resp.json())["user"]
+        await eventually(signed_out_on_b, what="the sign-out reaching node B")
+    assert was in ("alice", None)  # the sign-out may have reached B already
+
+
+async def test_tls_to_redis(run_broker: Run, tmp_path: Path, http: aiohttp.ClientSession):
+    """With a rediss:// URL the nodes talk to a redis-server that only speaks TLS, checking its
+    certificate against the CA given in the URL."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    port = free_port()
+    redis = RedisServer(
+        tmp_path / "redis", "--tls-port", str(port), "--tls-cert-file", str(tmp_path / "cert.pem"),
+        "--tls-key-file", str(tmp_path / "key.pem"), "--tls-ca-cert-file", str(tmp_path / "ca.pem"),
+        "--tls-auth-clients", "no",
+    )  # fmt: skip
+    await redis.start()
+    try:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.pem'}"
+        a, b = [
+            await run_broker(
+                "--redis", url, "--node-name", name, *NODE_FLAGS, env={"FRAMEBROKER_PUBLISH_TOKEN": TOKEN}
+            )
+            for name in ("a", "b")
+        ]
+        pub = await publisher_on(http, a, "tls")
+        await held_by(http, b, "tls", "a")
+        viewer = await http.ws_connect(ws_url(b, "/cameras/tls/ws?header=1"))
+        jpeg = make_jpeg(text="tls")
+        await pub.send_bytes(jpeg)
+        assert (await frame_with_seq_after(viewer, 0))[16:] == jpeg
+    finally:
+        redis.kill()
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (["--workers", "2"], {}, "workers=2 needs --redis"),
+        (["--redis", "http://127.0.0.1:6379"], {}, "expected a redis:// or rediss:// URL"),
+        (
+            ["--redis", "redis://127.0.0.1:1/0"],
+            {"PYTHONPATH": "NO_REDIS"},
+            "pip install 'framebroker[cluster]'",
+        ),
+    ],
+)
+async def test_cluster_settings_that_cannot_work_stop_the_broker(
+    tmp_path: Path, flags: list[str], env: dict[str, str], message: str
+):
+    """--workers without --redis, a URL that is not Redis', and --redis without redis-py installed
+    each stop the broker with one line saying why, and exit status 2."""
+    if env.get("PYTHONPATH") == "NO_REDIS":  # a redis package that cannot be imported shadows the real one
+        (tmp_path / "redis").mkdir()
+        (tmp_path / "redis" / "__init__.py").write_text("raise ImportError('No module named redis')\n")
+        env = {"PYTHONPATH": str(tmp_path)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "--port", "0", *flags,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"), **env},
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    lines = stderr.decode().strip().splitlines()
+    assert message in lines[-1] and "Traceback" not in stderr.decode()
+
+
+def test_a_single_broker_never_loads_redis(tmp_path: Path):
+    """Without --redis the broker imports nothing of redis-py."""
+    code = (
+        "import sys, pathlib\n"
+        "from broker.config import Settings\n"
+        "from broker.server import BrokerServer\n"
+        "import broker.cli\n"
+        f"BrokerServer(Settings(state_dir=pathlib.Path({str(tmp_path)!r}), publish_token='t' * 20))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'hiredis')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -15,6 +15,7 @@ from typing import NoReturn
 from urllib.parse import urlsplit
 
 from . import procstat
+from .cluster import ClusterResult, measure_cluster, summary
 from .errors import BenchError
 from .frames import synthesize
 from .progress import Progress
@@ -26,7 +27,7 @@ from .tls import throwaway_certificate
 
 __all__ = ["main"]
 
-SCENARIOS = ("s1", "ws", "mjpeg", "snapshot", "idle", "wss", "all")
+SCENARIOS = ("s1", "ws", "mjpeg", "snapshot", "idle", "wss", "cluster", "all")
 HD = (1280, 720)
 VGA = (640, 480)
 CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -42,6 +43,8 @@ scenarios (each may give several rows; --viewers replaces the client counts):
   wss       1280x720 at 30 fps, 50 and 150 WebSocket viewers over TLS (a broker with a
             throwaway certificate; the viewers decrypt every byte), then the same broker on
             plain TCP: "TLS vs TCP" divides the CPU per frame of the two
+  cluster   1280x720 at 30 fps, 1000 WebSocket viewers on node B of a cluster (a Redis the
+            bench starts), the publisher on node A, against one broker in the same run
   all       all of the above, one after the other
 Without --scenario and without --ws/--mjpeg/--snapshots, s1 runs.
 
@@ -103,6 +106,8 @@ def _print_results(plan: _Plan, rows: list[Row]) -> None:
     if rows:
         print(plan.machine_line() + "\n")
         print(table(rows), flush=True)
+    if plan.cluster_results:
+        print("\n" + summary(plan.cluster_results), flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -244,6 +249,8 @@ def _specs(args: argparse.Namespace) -> list[RunSpec]:
 def _preset(name: str, args: argparse.Namespace) -> list[RunSpec]:
     if name == "all":
         return [spec for preset in SCENARIOS[:-1] for spec in _preset(preset, args)]
+    if name == "cluster":
+        return [_spec(args, name, ws=count, size=HD) for count in args.viewers or [1000]]
     if name == "s1":
         return [_spec(args, name, ws=count, size=VGA) for count in args.viewers or [10]]
     if name == "ws":
@@ -303,6 +310,7 @@ class _Plan:
     pinning: str
     json: Path | None
     frames: dict[tuple[int, int], list[bytes]] = dataclasses.field(default_factory=dict)
+    cluster_results: list[ClusterResult] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, specs: list[RunSpec]) -> _Plan:
@@ -347,6 +355,9 @@ class _Plan:
             check_reachable(self.url)
         for spec in specs:
             jpegs = [] if spec.idle else self._frames(spec.size)
+            if spec.scenario == "cluster":
+                self._run_cluster(spec, jpegs, rows, progress)
+                continue
             measured = (
                 self._tls_rows(spec, jpegs, progress) if spec.tls else self._rows(spec, jpegs, progress)
             )
@@ -395,6 +406,17 @@ class _Plan:
         if cost is not None and floor:
             over_tls = dataclasses.replace(over_tls, ratio_vs_tcp=cost / floor)
         return [over_tls, *plain]
+
+    def _run_cluster(self, spec: RunSpec, jpegs: list[bytes], rows: list[Row], progress: Progress) -> None:
+        if self.url is not None:
+            raise BenchError("--scenario cluster starts its own brokers and Redis: leave out --url")
+        result = measure_cluster(
+            spec, jpegs, self.camera, self.token, self.server_core, self.bench_core, progress
+        )
+        rows.extend((result.single, result.cluster))
+        self.cluster_results.append(result)
+        if self.json is not None:
+            append_json(self.json, [result.single, result.cluster])
 
     def _frames(self, size: tuple[int, int]) -> list[bytes]:
         if size not in self.frames:

@@ -12,7 +12,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -76,7 +76,12 @@ def check_reachable(target: Target, timeout: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def started(
-    name: str, camera: str, token: str, core: int | None, tls: TlsFiles | None = None
+    name: str,
+    camera: str,
+    token: str,
+    core: int | None,
+    tls: TlsFiles | None = None,
+    flags: Sequence[str] = (),
 ) -> Iterator[Server]:
     """Start the broker (`name` "broker") or the ideal relay ("ideal") on a free loopback port.
 
@@ -92,6 +97,7 @@ def started(
                    f"--publish-token={token}", "--no-access-log", "--log-level", "warning"]  # fmt: skip
         if tls is not None:
             command += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+        command += flags
     else:
         command = [sys.executable, "-m", "bench.ideal", "--host", host, "--port", str(port)]
     path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))

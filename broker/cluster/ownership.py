@@ -55,17 +55,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: owner, cameras; ARGV: holder, ttl ms, camera. Keep a claim alive (or make it again
-# if it expired during an outage). Returns false, or the other holder that has it now.
+# KEYS: owner, cameras, seq; ARGV: holder, ttl ms, camera. Keep a claim alive (or make it
+# again if it expired, or was made while Redis was away). Returns {the other holder that has
+# it now, or false; the last sequence number}.
 REFRESH = """
 local current = redis.call('GET', KEYS[1])
-if current == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return false end
-if not current then
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif not current then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   redis.call('SADD', KEYS[2], ARGV[3])
-  return false
+else
+  return {current, false}
 end
-return current
+return {false, redis.call('GET', KEYS[3])}
 """
 
 # KEYS: cameras; ARGV: owner key prefix, latest key prefix. Every held camera and its holder;
@@ -230,13 +233,20 @@ class Ownership:
         mine = [(camera, claim) for camera, claim in self.claims.items() if claim.kind == "ws"]
         for camera, claim in mine:
             self._refresh.queue(
-                pipe, [keys.owner(camera), keys.cameras], [claim.holder, self._ttl_ms, camera]
+                pipe,
+                [keys.owner(camera), keys.cameras, keys.seq(camera)],
+                [claim.holder, self._ttl_ms, camera],
             )
         self._holders.queue(pipe, [keys.cameras], [keys.owner_prefix, keys.latest_prefix])
         *refreshed, holders = await pipe.execute()
-        for (camera, claim), other in zip(mine, refreshed, strict=True):
-            if other and self.claims.get(camera) is claim:
+        for (camera, claim), (other, seq) in zip(mine, refreshed, strict=True):
+            if self.claims.get(camera) is not claim:
+                continue
+            if other:
                 self._apply(camera, other.decode())
+            elif (channel := self._hub.channel(camera)) is not None:
+                # Numbers go on from the cluster's, also after frames published while Redis was away.
+                channel.last_seq = max(channel.last_seq, int(seq or 0))
         found = dict(zip(holders[::2], holders[1::2], strict=True))
         for camera_raw, holder in found.items():
             self._apply(camera_raw.decode(), holder.decode())

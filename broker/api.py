@@ -64,12 +64,13 @@ async def camera_detail(request: web.Request) -> web.Response:
 
 def _summary(request: web.Request, channel: Channel, now: float) -> dict[str, Any]:
     latest = channel.latest
+    cluster = request.app.get(CLUSTER)
     return {
         "id": channel.camera,
         "title": request.app[AUTH].policy.title(channel.camera),
         "online": channel.online,
         "publisher": channel.publisher is not None,
-        "node": cluster.publisher_node(channel) if (cluster := request.app.get(CLUSTER)) is not None else None,
+        "node": cluster.publisher_node(channel) if cluster is not None else None,
         "fps": round(channel.fps, 2),
         "frames": channel.frames,
         "frames_dropped": channel.frames_dropped,

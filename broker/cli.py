@@ -223,11 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     raise_open_file_limit()
-    if settings.workers > 1:
-        from .supervisor import Supervisor
-
-        return run_loop(Supervisor(settings).run())
     try:
+        if settings.workers > 1:
+            from .supervisor import Supervisor
+
+            return run_loop(Supervisor(settings).run())
         run_loop(serve(settings))
     except ConfigError as exc:
         print(f"framebroker: error: {exc}", file=sys.stderr)

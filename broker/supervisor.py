@@ -2,9 +2,9 @@
 
 Each worker is a whole broker with its own event loop, a node of the cluster named
 `hostname:port/wN`; the kernel spreads connections over them (SO_REUSEPORT). The
-supervisor restarts a worker that dies (with backoff), stops them all on SIGTERM or
-SIGINT, and speaks for them to systemd: ready once every worker serves, and watchdog
-pings only while every worker's event loop answers.
+supervisor restarts a worker that dies (with backoff), passes SIGHUP on (TLS certificate
+reload), stops them all on SIGTERM or SIGINT, and speaks for them to systemd: ready once
+every worker serves, and watchdog pings only while every worker's event loop answers.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .logs import configure_logging
-from .state import load_publish_token, load_signing_key
+from .server import BrokerServer
 from .systemd import ServiceNotifier
 
 __all__ = ["Supervisor"]
@@ -70,7 +71,11 @@ def run_worker(settings: Settings, pipe: Connection) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the supervisor decides
     configure_logging(settings.log_level, settings.log_format)
-    run_loop(serve(settings, WorkerNotifier(pipe)))
+    try:
+        run_loop(serve(settings, WorkerNotifier(pipe)))
+    except ConfigError as exc:
+        print(f"framebroker: error: worker: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 @dataclasses.dataclass
@@ -83,6 +88,7 @@ class Worker:
     started: float = 0.0
     heard: float = 0.0
     ready: bool = False
+    ever_ready: bool = False
     delay: float = FIRST_RESTART_DELAY
     failing: bool = False
 
@@ -97,15 +103,18 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._all_ready = asyncio.Event()
         self._host = socket.gethostname()
+        self._refused: str | None = None  # a worker's start failed on the configuration
 
     async def run(self) -> int:
         """Run until SIGTERM or SIGINT; 0 after a clean stop."""
+        # The whole configuration is checked here, once (ConfigError: exit 2, no worker started),
+        # and the signing key and publish token are made here: workers starting together would
+        # each generate a different one.
+        token = BrokerServer(self._settings).settings.publish_token
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._stopping.set)
-        # Made here, once: workers starting together would each generate a different one.
-        load_signing_key(self._settings)
-        token, _ = load_publish_token(self._settings)
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)  # TLS certificate reload
         with self._reserve_port() as port:
             self._settings = dataclasses.replace(self._settings, port=port, publish_token=token)
             for worker in self._workers:
@@ -120,6 +129,8 @@ class Supervisor:
             await stop
             systemd.stopping()
             await self._stop_all()
+        if self._refused is not None:
+            raise ConfigError(self._refused)
         return 0
 
     @contextlib.contextmanager
@@ -172,7 +183,7 @@ class Supervisor:
             return
         worker.heard = time.monotonic()
         if message == b"ready" and not worker.ready:
-            worker.ready = True
+            worker.ready = worker.ever_ready = True
             if worker.failing:
                 log.info("worker %d serving again", worker.index)
                 worker.failing = False
@@ -190,6 +201,11 @@ class Supervisor:
         worker.process = worker.pipe = None
         worker.ready = False
         if self._stopping.is_set():
+            return
+        if process.exitcode == 2 and not worker.ever_ready:
+            # Exit status 2 is a configuration the broker cannot run with: restarting won't help.
+            self._refused = f"worker {worker.index} could not start (exit status 2; see its message above)"
+            self._stopping.set()
             return
         lived = time.monotonic() - worker.started
         if lived >= STABLE_AFTER:
@@ -212,6 +228,12 @@ class Supervisor:
     def _restart(self, worker: Worker) -> None:
         if not self._stopping.is_set() and worker.process is None:
             self._start(worker)
+
+    def _forward(self, signum: int) -> None:
+        for worker in self._workers:
+            if worker.process is not None and worker.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.process.pid, signum)
 
     def _healthy(self) -> bool:
         """Every worker runs and its loop answered within a few heartbeats."""

@@ -200,6 +200,37 @@ async def test_demand_counts_viewers_on_every_node(
     assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 0}
 
 
+async def test_posts_hold_a_camera_through_any_node(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """An address POSTing through node A and node B in turn (a load balancer) keeps its camera,
+    its frames reach a viewer on node C in order; another address gets 409 on either node."""
+    a = await node(run_broker, redis, "a")
+    b = await node(run_broker, redis, "b")
+    c = await node(run_broker, redis, "c")
+    async with http.post(a.url("/cameras/drive/publish"), data=make_jpeg(), headers=AUTH) as resp:
+        assert resp.status == 204
+    await held_by(http, c, "drive", "a")
+    viewer = await http.ws_connect(ws_url(c, "/cameras/drive/ws?header=1"))
+    last = seq_of(await frame_with_seq_after(viewer, 0))
+    for index in range(4):
+        jpeg = make_jpeg((index * 60, 0, 0), text=f"post {index}")
+        async with http.post(
+            (a, b)[index % 2].url("/cameras/drive/publish"), data=jpeg, headers=AUTH
+        ) as resp:
+            assert resp.status == 204
+        message = await frame_with_seq_after(viewer, last)
+        assert message[16:] == jpeg and seq_of(message) == last + 1
+        last = seq_of(message)
+    other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=other) as elsewhere:
+        for broker in (a, b):
+            async with elsewhere.post(
+                broker.url("/cameras/drive/publish"), data=make_jpeg(), headers=AUTH
+            ) as resp:
+                assert resp.status == 409
+
+
 async def test_redis_killed_and_restarted(run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession):
     """While Redis is down each node serves its own publisher's camera to its own viewers and
     says so once; within seconds of Redis' return frames cross nodes again."""
@@ -422,6 +453,11 @@ async def test_tls_to_redis(run_broker: Run, tmp_path: Path, http: aiohttp.Clien
     [
         (["--workers", "2"], {}, "workers=2 needs --redis"),
         (["--redis", "http://127.0.0.1:6379"], {}, "expected a redis:// or rediss:// URL"),
+        (
+            ["--workers", "2", "--redis", "redis://127.0.0.1:1/0", "--config", "/nonexistent/broker.toml"],
+            {},
+            "cannot read the config file",
+        ),
         (
             ["--redis", "redis://127.0.0.1:1/0"],
             {"PYTHONPATH": "NO_REDIS"},

@@ -45,7 +45,7 @@ class Keys:
         return f"{PREFIX}:seq:{camera}"
 
     def demand(self, camera: str) -> str:
-        """Hash: node -> "count expiry_ms" of the camera's viewers on that node."""
+        """Hash: node process -> "count expiry_ms" of the camera's viewers on that node."""
         return f"{PREFIX}:demand:{camera}"
 
 

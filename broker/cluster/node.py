@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import secrets
 import socket
 from typing import Any
 
@@ -57,7 +58,10 @@ class ClusterNode:
             on_holder_changed=self._holder_changed,
             announce=self._announce,
         )
-        self.demand = Demand(link, keys, self.name, settings.node_ttl, self._announce)
+        # Counts are filed under this process, not its name: two nodes given the same name (two
+        # hosts called "localhost", gunicorn's workers) must not overwrite each other's.
+        instance = f"{self.name}#{secrets.token_hex(4)}"
+        self.demand = Demand(link, keys, instance, settings.node_ttl, self._announce)
         self.revocations = Revocations(link, keys, sessions, self._announce)
         self._scripts = [self.relay.script, *self.ownership.scripts, *self.demand.scripts]
         link.on_up(self._load_scripts)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from yarl import URL
 from .access_support import PASSWORDS, family_config
 from .cluster_support import NODE_FLAGS, RedisServer, free_port
 from .conftest import TOKEN, BrokerProcess, PartReader, make_jpeg, next_binary, next_json
+from .test_nginx import SHIPPED, Nginx
 
 Run = Callable[..., Awaitable[BrokerProcess]]
 
@@ -497,3 +500,59 @@ def test_a_single_broker_never_loads_redis(tmp_path: Path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_nodes_behind_nginx_need_no_sticky_sessions(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """nginx with the shipped cluster upstream in front of two nodes: a publisher and viewers
+    land on either node, round robin, and every viewer gets every camera's frames."""
+    executable = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.access(executable, os.X_OK):
+        pytest.skip("nginx not found: this test needs Debian's nginx package")
+    flags = ("--public", "--trusted-proxies", "127.0.0.1")
+    nodes = [await node(run_broker, redis, name, *flags) for name in ("a", "b")]
+    folder = tempfile.TemporaryDirectory(prefix="framebroker-nginx-")
+    nginx = Nginx(Path(folder.name), free_port())
+    try:
+        await nginx.start(executable, cluster_site(nginx.port, [n.port for n in nodes]))
+        pub = await http.ws_connect(nginx.ws_url("/cameras/road/publish"), headers=AUTH)
+        assert (await next_json(pub))["type"] == "viewers"
+        holder = (await camera_entry(http, nodes[0], "road") or {}).get("node") or "b"
+        await held_by(http, nodes[1], "road", holder)
+        viewers = [await http.ws_connect(nginx.ws_url("/cameras/road/ws?header=1")) for _ in range(4)]
+        counts = [
+            (await camera_entry(http, broker, "road") or {}).get("viewers", {}).get("ws", 0)
+            for broker in nodes
+        ]
+        assert all(counts), counts  # round robin: both nodes have viewers
+        jpeg = make_jpeg(text="through nginx")
+        await pub.send_bytes(jpeg)
+        for viewer in viewers:
+            assert (await frame_with_seq_after(viewer, 0))[16:] == jpeg
+        async with http.get(nginx.url("/cameras/road/mjpeg")) as resp:
+            assert await PartReader(resp).next_part() == jpeg
+    finally:
+        log = nginx.stop()
+        folder.cleanup()
+    assert "[emerg]" not in log and "[alert]" not in log, log
+
+
+def cluster_site(nginx_port: int, node_ports: list[int]) -> str:
+    """The shipped site with its commented cluster upstream in place of the single-server one."""
+    text = SHIPPED.read_text()
+    single = "upstream framebroker {\n    server 127.0.0.1:8080;\n    keepalive 16;\n}\n"
+    assert text.count(single) == 1
+    lines = text.splitlines(keepends=True)
+    first = lines.index("# upstream framebroker {\n")
+    last = lines.index("# }\n", first)
+    block = [line.removeprefix("# ") for line in lines[first : last + 1]]
+    servers = [line for line in block if line.lstrip().startswith("server ")]
+    assert len(servers) >= len(node_ports)
+    for line, port in zip(servers, node_ports, strict=False):
+        block[block.index(line)] = line.replace(line.split()[1], f"127.0.0.1:{port}")
+    block = [line for line in block if not (line.lstrip().startswith("server ") and "127.0.0.1" not in line)]
+    text = "".join(lines[:first] + lines[last + 1 :]).replace(single, "".join(block))
+    listen = "    listen 80 sndbuf=128k;\n    listen [::]:80 sndbuf=128k;\n"
+    assert text.count(listen) == 1
+    return text.replace(listen, f"    listen 127.0.0.1:{nginx_port} sndbuf=128k;\n")

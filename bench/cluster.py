@@ -9,7 +9,6 @@ compare directly; node A and Redis run on the bench's core, their CPU is reporte
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -17,9 +16,9 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from . import procstat
 from .errors import BenchError
@@ -76,19 +75,38 @@ def redis_started(core: int | None) -> Iterator[tuple[str, int]]:
             process.wait(10)
 
 
-def _frames_received(node: Server, camera: str) -> int:
-    """Frames the node has received from its publisher, from its /api/cameras."""
-    with urllib.request.urlopen(f"{node.target.url}/api/cameras", timeout=5.0) as response:
-        cameras = json.load(response)["cameras"]
-    return next((entry["frames"] for entry in cameras if entry["id"] == camera), 0)
-
-
 class _PublisherOnA(_Run):
-    """A run whose viewers go to `server` (node B) and whose publisher goes to node A."""
+    """A run whose viewers go to `server` (node B) and whose publisher goes to node A; it reads
+    the CPU of node A and of Redis whenever it reads node B's."""
 
-    def __init__(self, *args: object, publish_to: Server, **kwargs: object) -> None:
+    def __init__(self, *args: object, publish_to: Server, redis_pid: int, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._publish_to = publish_to
+        self._redis_pid = redis_pid
+        self.others: list[tuple[float, float, float]] = []  # (when, node A CPU s, Redis CPU s)
+        self.window: tuple[float, float] = (0.0, 0.0)
+
+    def _phases(self, rss_before: int | None) -> Row:
+        start = time.monotonic() + self.spec.warmup  # as _Run._phases reckons it
+        self.window = (start, start + self.spec.duration)
+        return super()._phases(rss_before)
+
+    def _sample(self) -> Any:
+        sample = super()._sample()
+        assert self._publish_to.pid is not None
+        self.others.append(
+            (sample.at, procstat.cpu_seconds(self._publish_to.pid), procstat.cpu_seconds(self._redis_pid))
+        )
+        return sample
+
+    def per_frame_in_window(self, published: int) -> tuple[float | None, float | None]:
+        """µs of node A's and Redis' CPU per frame published in the window."""
+        start, end = self.window
+        first = next((s for s in self.others if s[0] >= start), None)
+        last = next((s for s in self.others if s[0] >= end), None)
+        if first is None or last is None or not published:
+            return None, None
+        return (last[1] - first[1]) * 1e6 / published, (last[2] - first[2]) * 1e6 / published
 
     def _start_publisher(self) -> None:
         viewers_server = self.server
@@ -117,16 +135,12 @@ def measure_cluster(
             started("broker", camera, token, bench_core, flags=(*flags, "--node-name", "a")) as node_a,
             started("broker", camera, token, server_core, flags=(*flags, "--node-name", "b")) as node_b,
         ):
-            assert node_a.pid is not None
-            before = procstat.cpu_seconds(node_a.pid), procstat.cpu_seconds(redis_pid)
-            frames_before = _frames_received(node_a, camera)
             named = Server("node B (publisher on A)", node_b.target, node_b.pid)
-            run = _PublisherOnA(spec, named, jpegs, token, server_core, progress, publish_to=node_a)
+            run = _PublisherOnA(
+                spec, named, jpegs, token, server_core, progress, publish_to=node_a, redis_pid=redis_pid
+            )
             cluster = run.execute()
-            after = procstat.cpu_seconds(node_a.pid), procstat.cpu_seconds(redis_pid)
-            frames = max(1, _frames_received(node_a, camera) - frames_before)
-    # Over the whole run (connecting, warm-up, window, drain), per frame node A received then.
-    node_a_us, redis_us = ((end - start) * 1e6 / frames for start, end in zip(before, after, strict=True))
+    node_a_us, redis_us = run.per_frame_in_window(cluster.published)
     return ClusterResult(single, cluster, node_a_us, redis_us)
 
 
@@ -154,7 +168,7 @@ def summary(results: list[ClusterResult]) -> str:
             f"cluster, {cluster.ws} viewers: node B's CPU per delivered frame {cpu} the single node's; "
             f"latency added p50 {p50}, p99 {p99}; delivered {cluster.delivered_pct or 0:.1f} % "
             f"(single {single.delivered_pct or 0:.1f} %), duplicates {cluster.dups}; CPU per frame "
-            f"received by node A: node A {result.node_a_us_per_frame:.0f} µs, Redis "
-            f"{result.redis_us_per_frame:.0f} µs (over the whole run, idle work included)"
+            f"published in the window: node A {result.node_a_us_per_frame or 0:.0f} µs, Redis "
+            f"{result.redis_us_per_frame or 0:.0f} µs"
         )
     return "\n".join(lines)

@@ -77,6 +77,10 @@ class RedisLink:
                 # The link reconnects by itself, with backoff; redis-py retrying inside a
                 # command would only hold that command (and a frame) longer.
                 retry=Retry(NoBackoff(), 0),
+                # RESP2: under RESP3, redis-py's hiredis parser turns every pub/sub message into a
+                # debug string (str() of the payload: milliseconds per 120 kB frame) whatever the
+                # log level. RESP2 hands the message over as it is.
+                protocol=2,
                 **extra,
             )
         except ValueError as exc:

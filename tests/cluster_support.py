@@ -15,7 +15,7 @@ import pytest
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 # Short timeouts, so that outages are noticed and dead nodes expire within a test.
-NODE_FLAGS = ("--redis-timeout", "0.5", "--node-ttl", "1.5", "--offline-after", "1", "--heartbeat", "2")
+NODE_FLAGS = ("--redis-timeout", "1", "--node-ttl", "3", "--offline-after", "1", "--heartbeat", "30")
 
 
 def free_port() -> int:

@@ -60,9 +60,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 async def publisher_on(
-    http: aiohttp.ClientSession, broker: BrokerProcess, camera: str
+    http: aiohttp.ClientSession, broker: BrokerProcess, camera: str, **options: Any
 ) -> aiohttp.ClientWebSocketResponse:
-    ws = await http.ws_connect(ws_url(broker, f"/cameras/{camera}/publish"), headers=AUTH)
+    """A publisher WebSocket for `camera` on `broker`, past its first viewers message."""
+    ws = await http.ws_connect(ws_url(broker, f"/cameras/{camera}/publish"), headers=AUTH, **options)
     assert (await next_json(ws))["type"] == "viewers"
     return ws
 
@@ -151,7 +152,7 @@ async def test_a_publisher_on_another_node_takes_over(
     a = await node(run_broker, redis, "a")
     b = await node(run_broker, redis, "b")
     c = await node(run_broker, redis, "c")
-    first = await publisher_on(http, a, "gate")
+    first = await publisher_on(http, a, "gate", autoclose=False)  # the close frame as it came
     await held_by(http, c, "gate", "a")
     viewer = await http.ws_connect(ws_url(c, "/cameras/gate/ws?header=1"))
     last = 0
@@ -159,9 +160,9 @@ async def test_a_publisher_on_another_node_takes_over(
         await first.send_bytes(make_jpeg((10, 10, 10 + index)))
         last = seq_of(await frame_with_seq_after(viewer, last))
     second = await publisher_on(http, b, "gate")
-    while (await asyncio.wait_for(first.receive(), 10)).type == aiohttp.WSMsgType.TEXT:
+    while (closing := await asyncio.wait_for(first.receive(), 10)).type == aiohttp.WSMsgType.TEXT:
         pass  # viewer counts
-    assert first.close_code == 4000
+    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4000
     await held_by(http, c, "gate", "b")
     jpeg = make_jpeg((200, 10, 10), text="b")
     await second.send_bytes(jpeg)
@@ -250,11 +251,15 @@ async def test_redis_killed_and_restarted(run_broker: Run, redis: RedisServer, h
     jpeg = make_jpeg((1, 2, 3), text="outage")
     await pub.send_bytes(jpeg)
     assert (await frame_with_seq_after(local, last))[16:] == jpeg
+    loft = await publisher_on(http, a, "loft")  # a camera that appears during the outage
     await redis.start()
+    await crossing_again(pub, remote, last)  # within 5 s of Redis' return
     await redis_state(http, a, "up")
     await redis_state(http, b, "up")
-    await held_by(http, b, "shed", "a")
-    await crossing_again(pub, remote, last)
+    await held_by(http, b, "loft", "a")
+    watching = await http.ws_connect(ws_url(b, "/cameras/loft/ws"))
+    assert await next_json(loft) == {"type": "viewers", "count": 1}  # demand crosses nodes again
+    await watching.close()
     pub_log = await stop_and_log(a)
     assert pub_log.count("unreachable") == 1
 
@@ -282,15 +287,16 @@ async def test_redis_frozen(run_broker: Run, redis: RedisServer, http: aiohttp.C
             last = seq_of(message)
     finally:
         redis.thaw()
+    await crossing_again(pub, remote, last)  # within 5 s of SIGCONT
     await redis_state(http, a, "up")
     await redis_state(http, b, "up")
-    await crossing_again(pub, remote, last)
 
 
 async def crossing_again(
     pub: aiohttp.ClientWebSocketResponse, remote: aiohttp.ClientWebSocketResponse, last: int
 ) -> None:
-    """Publish until a frame newer than `last` reaches the viewer on the other node."""
+    """Publish until a frame newer than `last` reaches the viewer on the other node, within the 5 s
+    the README promises after Redis returns."""
 
     async def crossed() -> bool:
         await pub.send_bytes(make_jpeg((9, 9, 9)))
@@ -300,7 +306,7 @@ async def crossing_again(
             return False
         return seq_of(message) > last
 
-    await eventually(crossed, timeout=10, what="frames crossing nodes again")
+    await eventually(crossed, timeout=5, what="frames crossing nodes again")
 
 
 async def redis_state(http: aiohttp.ClientSession, broker: BrokerProcess, state: str) -> None:
@@ -366,7 +372,8 @@ async def spread(broker: BrokerProcess, viewers: int) -> bool:
     """Whether the worker answering a new connection has some of the camera's viewers, not all."""
     async with aiohttp.ClientSession() as fresh, fresh.get(broker.url("/api/cameras")) as resp:
         cameras = (await resp.json())["cameras"]
-    return 0 < cameras[0]["viewers"]["ws"] < viewers
+    # A worker that has not yet heard who publishes the camera does not list it yet.
+    return bool(cameras) and 0 < cameras[0]["viewers"]["ws"] < viewers
 
 
 async def until_log(broker: BrokerProcess, pattern: str) -> None:

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .access_support import PASSWORDS, family_config
 from .cluster_support import NODE_FLAGS, RedisServer, free_port
 from .conftest import TOKEN, BrokerProcess, PartReader, make_jpeg, next_binary, next_json
 from .test_nginx import SHIPPED, Nginx
+from .test_systemd import NotifySocket
 
 Run = Callable[..., Awaitable[BrokerProcess]]
 
@@ -563,3 +565,53 @@ def cluster_site(nginx_port: int, node_ports: list[int]) -> str:
     listen = "    listen 80 sndbuf=128k;\n    listen [::]:80 sndbuf=128k;\n"
     assert text.count(listen) == 1
     return text.replace(listen, f"    listen 127.0.0.1:{nginx_port} sndbuf=128k;\n")
+
+
+async def test_workers_speak_to_systemd_through_their_supervisor(tmp_path: Path, redis: RedisServer):
+    """Under Type=notify only the supervisor talks to systemd: READY=1 once both workers serve,
+    then watchdog pings, which stop while a worker's event loop is stuck and come back after."""
+    notify = NotifySocket(f"@framebroker-test-{uuid.uuid4().hex}")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "--workers", "2", "--redis", redis.url, "--port", "0", *NODE_FLAGS,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"), "NOTIFY_SOCKET": notify.env,
+             "WATCHDOG_USEC": "1000000"},
+    )  # fmt: skip
+    broker = BrokerProcess(proc)
+    try:
+        ready = await notify.next(timeout=30)
+        assert "READY=1" in ready and any(f.startswith("STATUS=2 workers serving on port") for f in ready)
+        assert await notify.next() == {"WATCHDOG=1"}
+        await until_log(broker, r"worker 2 started \(pid (\d+)\)")
+        worker = int(re.findall(r"worker \d started \(pid (\d+)\)", broker.log)[-1])
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            await until_silent(notify, quiet=1.5, timeout=20)  # no ping while a worker's loop is stuck
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        assert await notify.next(timeout=10) == {"WATCHDOG=1"}
+        proc.terminate()
+        _, before = await notify.until("STOPPING=1")
+        assert all(message == {"WATCHDOG=1"} for message in before)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        await broker.rest_of_log()  # to the end, so the pipe closes
+    finally:
+        notify.sock.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def until_silent(notify: NotifySocket, quiet: float, timeout: float) -> None:
+    """Wait until `quiet` seconds pass without a message (polling: a cancelled receive would
+    leave the socket registered with the loop)."""
+    loop = asyncio.get_running_loop()
+    deadline = last = loop.time()
+    deadline += timeout
+    while loop.time() < deadline:
+        if notify.waiting():
+            last = loop.time()
+        elif loop.time() - last >= quiet:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"still notified after {timeout} s")

@@ -147,6 +147,8 @@ class Subscriber:
         for camera, data in pending.items():
             try:
                 message = framewire.decode(data)
+                if message.camera != camera:
+                    raise framewire.WireError(f"it is camera {message.camera!r}'s")
             except framewire.WireError as exc:
                 log.warning(
                     "camera %s: ignoring a frame message from Redis: %s",

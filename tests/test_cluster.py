@@ -177,8 +177,9 @@ async def test_a_publisher_on_another_node_takes_over(
 async def test_demand_counts_viewers_on_every_node(
     run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession, tmp_path: Path
 ):
-    """A camera-agent capturing on demand on node A starts when the only viewer is on node B, and
-    a publisher hears the count drop to 0 within seconds of that viewer's node dying."""
+    """A camera-agent capturing on demand on node A (its hello listed on node B too) starts when
+    the only viewer is on node B, and a publisher hears the count drop to 0 within seconds of
+    that viewer's node dying."""
     a = await node(run_broker, redis, "a")
     b = await node(run_broker, redis, "b")
     agent = await asyncio.create_subprocess_exec(
@@ -189,6 +190,12 @@ async def test_demand_counts_viewers_on_every_node(
     )  # fmt: skip
     try:
         await held_by(http, b, "porch", "a")
+
+        async def hello_on_b() -> bool:
+            entry = await camera_entry(http, b, "porch")
+            return entry is not None and entry["agent"].get("source") == "synthetic"
+
+        await eventually(hello_on_b, what="the agent's hello listed on node B")
         entry = await camera_entry(http, a, "porch")
         assert entry is not None and entry["frames"] == 0  # nobody watches: the agent does not capture
         viewer = await http.ws_connect(ws_url(b, "/cameras/porch/ws?header=1"))

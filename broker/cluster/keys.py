@@ -21,6 +21,7 @@ class Keys:
         self.revoked = f"{PREFIX}:signed-out-sessions"
         self.owner_prefix = f"{PREFIX}:owner:"
         self.latest_prefix = f"{PREFIX}:latest:"
+        self.agent_prefix = f"{PREFIX}:agent:"
 
     def frames(self, camera: str) -> bytes:
         """The pub/sub channel of one camera's frames."""
@@ -39,6 +40,10 @@ class Keys:
     def latest(self, camera: str) -> str:
         """The camera's newest frame message, with a TTL."""
         return self.latest_prefix + camera
+
+    def agent(self, camera: str) -> str:
+        """What the camera's agent said in its hello (JSON), kept by the holder with its claim."""
+        return self.agent_prefix + camera
 
     def seq(self, camera: str) -> str:
         """The camera's last sequence number, so a new holder continues from it."""

@@ -55,9 +55,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: owner, cameras, seq; ARGV: holder, ttl ms, camera. Keep a claim alive (or make it
-# again if it expired, or was made while Redis was away). Returns {the other holder that has
-# it now, or false; the last sequence number}.
+# KEYS: owner, cameras, seq, agent; ARGV: holder, ttl ms, camera, agent JSON. Keep a claim
+# alive (or make it again if it expired, or was made while Redis was away) with what the
+# agent said of itself. Returns {the other holder that has it now, or false; the last
+# sequence number}.
 REFRESH = """
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
@@ -68,11 +69,13 @@ elseif not current then
 else
   return {current, false}
 end
+redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[2])
 return {false, redis.call('GET', KEYS[3])}
 """
 
-# KEYS: cameras; ARGV: owner key prefix, latest key prefix. Every held camera and its holder;
-# cameras neither held nor with a frame left are dropped from the set.
+# KEYS: cameras; ARGV: owner, latest and agent key prefixes. Every held camera, its holder
+# and its agent's hello (or ""); cameras neither held nor with a frame left are dropped from
+# the set.
 HOLDERS = """
 local out = {}
 for _, camera in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -80,12 +83,22 @@ for _, camera in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if holder then
     table.insert(out, camera)
     table.insert(out, holder)
+    table.insert(out, redis.call('GET', ARGV[3] .. camera) or '')
   elseif redis.call('EXISTS', ARGV[2] .. camera) == 0 then
     redis.call('SREM', KEYS[1], camera)
   end
 end
 return out
 """
+
+
+def _agent(raw: bytes) -> dict[str, object]:
+    """What the holder's agent said in its hello, as /api/cameras shows it."""
+    try:
+        agent = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return agent if isinstance(agent, dict) else {}
 
 
 class RemotePublisher:
@@ -232,12 +245,13 @@ class Ownership:
         pipe = self._link.client.pipeline(transaction=False)
         mine = [(camera, claim) for camera, claim in self.claims.items() if claim.kind == "ws"]
         for camera, claim in mine:
+            channel = self._hub.channel(camera)
             self._refresh.queue(
                 pipe,
-                [keys.owner(camera), keys.cameras, keys.seq(camera)],
-                [claim.holder, self._ttl_ms, camera],
+                [keys.owner(camera), keys.cameras, keys.seq(camera), keys.agent(camera)],
+                [claim.holder, self._ttl_ms, camera, json.dumps(channel.agent if channel else {})],
             )
-        self._holders.queue(pipe, [keys.cameras], [keys.owner_prefix, keys.latest_prefix])
+        self._holders.queue(pipe, [keys.cameras], [keys.owner_prefix, keys.latest_prefix, keys.agent_prefix])
         *refreshed, holders = await pipe.execute()
         for (camera, claim), (other, seq) in zip(mine, refreshed, strict=True):
             if self.claims.get(camera) is not claim:
@@ -247,10 +261,14 @@ class Ownership:
             elif (channel := self._hub.channel(camera)) is not None:
                 # Numbers go on from the cluster's, also after frames published while Redis was away.
                 channel.last_seq = max(channel.last_seq, int(seq or 0))
-        found = dict(zip(holders[::2], holders[1::2], strict=True))
-        for camera_raw, holder in found.items():
-            self._apply(camera_raw.decode(), holder.decode())
-        held = {camera.decode() for camera in found}
+        held = set()
+        for camera_raw, holder, agent in zip(holders[::3], holders[1::3], holders[2::3], strict=True):
+            camera = camera_raw.decode()
+            held.add(camera)
+            self._apply(camera, holder.decode())
+            channel = self._hub.channel(camera)
+            if channel is not None and isinstance(channel.publisher, RemotePublisher):
+                channel.agent = _agent(agent)
         for channel in self._hub.cameras():
             if channel.camera not in held and isinstance(channel.publisher, RemotePublisher):
                 self._gone(channel)

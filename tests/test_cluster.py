@@ -247,13 +247,7 @@ async def test_posts_hold_a_camera_through_any_node(
 async def test_redis_killed_and_restarted(run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession):
     """While Redis is down each node serves its own publisher's camera to its own viewers and
     says so once; within seconds of Redis' return frames cross nodes again."""
-    a = await node(run_broker, redis, "a")
-    b = await node(run_broker, redis, "b")
-    pub = await publisher_on(http, a, "shed")
-    await held_by(http, b, "shed", "a")
-    local = await http.ws_connect(ws_url(a, "/cameras/shed/ws?header=1"))
-    remote = await http.ws_connect(ws_url(b, "/cameras/shed/ws?header=1"))
-    await pub.send_bytes(make_jpeg())
+    a, b, pub, local, remote = await watched_on_both(run_broker, redis, http, "shed")
     last = seq_of(await frame_with_seq_after(remote, 0))
     redis.kill()
     await redis_state(http, a, "down")
@@ -276,13 +270,7 @@ async def test_redis_killed_and_restarted(run_broker: Run, redis: RedisServer, h
 async def test_redis_frozen(run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession):
     """A Redis stopped with SIGSTOP is noticed by timeouts: local viewers keep their frames, and
     after SIGCONT frames cross nodes again."""
-    a = await node(run_broker, redis, "a")
-    b = await node(run_broker, redis, "b")
-    pub = await publisher_on(http, a, "barn")
-    await held_by(http, b, "barn", "a")
-    local = await http.ws_connect(ws_url(a, "/cameras/barn/ws?header=1"))
-    remote = await http.ws_connect(ws_url(b, "/cameras/barn/ws?header=1"))
-    await pub.send_bytes(make_jpeg())
+    a, b, pub, local, remote = await watched_on_both(run_broker, redis, http, "barn")
     last = seq_of(await frame_with_seq_after(remote, 0))
     redis.freeze()
     try:
@@ -299,6 +287,20 @@ async def test_redis_frozen(run_broker: Run, redis: RedisServer, http: aiohttp.C
     await crossing_again(pub, remote, last)  # within 5 s of SIGCONT
     await redis_state(http, a, "up")
     await redis_state(http, b, "up")
+
+
+async def watched_on_both(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession, camera: str
+) -> tuple[BrokerProcess, BrokerProcess, Any, Any, Any]:
+    """Nodes A and B, a publisher of `camera` on A (one frame sent), and a viewer on each node."""
+    a = await node(run_broker, redis, "a")
+    b = await node(run_broker, redis, "b")
+    pub = await publisher_on(http, a, camera)
+    await held_by(http, b, camera, "a")
+    local = await http.ws_connect(ws_url(a, f"/cameras/{camera}/ws?header=1"))
+    remote = await http.ws_connect(ws_url(b, f"/cameras/{camera}/ws?header=1"))
+    await pub.send_bytes(make_jpeg())
+    return a, b, pub, local, remote
 
 
 async def crossing_again(

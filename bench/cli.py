@@ -15,6 +15,7 @@ from typing import NoReturn
 from urllib.parse import urlsplit
 
 from . import procstat
+from .cluster import ClusterResult, measure_cluster, summary
 from .errors import BenchError
 from .frames import synthesize
 from .progress import Progress
@@ -101,6 +102,8 @@ def _print_results(plan: _Plan, rows: list[Row]) -> None:
         print(plan.machine_line())
         print(receive_line(any(row.msg_trunc for row in rows)) + "\n")
         print(table(rows), flush=True)
+    if plan.cluster_results:
+        print("\n" + summary(plan.cluster_results), flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -310,6 +313,7 @@ class _Plan:
     pinning: str
     json: Path | None
     frames: dict[tuple[int, int], list[bytes]] = dataclasses.field(default_factory=dict)
+    cluster_results: list[ClusterResult] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, specs: list[RunSpec]) -> _Plan:
@@ -354,6 +358,9 @@ class _Plan:
             check_reachable(self.url)
         for spec in specs:
             jpegs = [] if spec.idle else self._frames(spec.size)
+            if spec.scenario == "cluster":
+                self._run_cluster(spec, jpegs, rows, progress)
+                continue
             measured = (
                 self._tls_rows(spec, jpegs, progress) if spec.tls else self._rows(spec, jpegs, progress)
             )
@@ -402,6 +409,17 @@ class _Plan:
         if cost is not None and floor:
             over_tls = dataclasses.replace(over_tls, ratio_vs_tcp=cost / floor)
         return [over_tls, *plain]
+
+    def _run_cluster(self, spec: RunSpec, jpegs: list[bytes], rows: list[Row], progress: Progress) -> None:
+        if self.url is not None:
+            raise BenchError("--scenario cluster starts its own brokers and Redis: leave out --url")
+        result = measure_cluster(
+            spec, jpegs, self.camera, self.token, self.server_core, self.bench_core, progress
+        )
+        rows.extend((result.single, result.cluster))
+        self.cluster_results.append(result)
+        if self.json is not None:
+            append_json(self.json, [result.single, result.cluster])
 
     def _frames(self, size: tuple[int, int]) -> list[bytes]:
         if size not in self.frames:

@@ -66,6 +66,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         HD,
         tls=True,
     ),
+    Scenario(
+        "cluster",
+        "1280x720 at 30 fps, 1000 WebSocket viewers on node B of a cluster (a Redis the\n"
+        "bench starts), the publisher on node A, against one broker in the same run",
+        "ws",
+        (1000,),
+        HD,
+    ),
 )
 
 

@@ -12,7 +12,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -77,7 +77,13 @@ def check_reachable(target: Target, timeout: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def started(
-    name: str, camera: str, token: str, core: int | None, clients: int, tls: TlsFiles | None = None
+    name: str,
+    camera: str,
+    token: str,
+    core: int | None,
+    clients: int,
+    tls: TlsFiles | None = None,
+    flags: Sequence[str] = (),
 ) -> Iterator[Server]:
     """Start the broker (`name` "broker") or the ideal relay ("ideal") on a free loopback port.
 
@@ -99,6 +105,7 @@ def started(
                    "--max-waiting-viewers", limit]  # fmt: skip
         if tls is not None:
             command += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+        command += flags
     else:
         command = [sys.executable, "-m", "bench.ideal", "--host", host, "--port", str(port)]
     path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .app_keys import AUTH, HUB, METRICS
+from .app_keys import AUTH, CLUSTER, HUB, METRICS
 from .channel import Channel
 from .clients import client_of
 from .metrics import CONTENT_TYPE
@@ -64,11 +64,13 @@ async def camera_detail(request: web.Request) -> web.Response:
 
 def _summary(request: web.Request, channel: Channel, now: float) -> dict[str, Any]:
     latest = channel.latest
+    cluster = request.app.get(CLUSTER)
     return {
         "id": channel.camera,
         "title": request.app[AUTH].policy.title(channel.camera),
         "online": channel.online,
         "publisher": channel.publisher is not None,
+        "node": cluster.publisher_node(channel) if cluster is not None else None,
         "fps": round(channel.fps, 2),
         "frames": channel.frames,
         "frames_dropped": channel.frames_dropped,
@@ -95,5 +97,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """`GET /healthz`: 200 while the broker serves; open to all, so it names no camera."""
-    return web.json_response({"status": "ok", "version": __version__}, headers={"Cache-Control": "no-store"})
+    """`GET /healthz`: 200 while the broker serves, whatever Redis does; open to all, names no camera."""
+    body: dict[str, object] = {"status": "ok", "version": __version__}
+    if (cluster := request.app.get(CLUSTER)) is not None:
+        body.update(cluster.health())
+    return web.json_response(body, headers={"Cache-Control": "no-store"})

@@ -6,11 +6,12 @@ import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .access import AccessPolicy
-from .app_keys import AUTH, BOUNDARY, HUB, INSTANCE, LIMITS, METRICS, SETTINGS
+from .app_keys import AUTH, BOUNDARY, CLUSTER, HUB, LIMITS, METRICS, SETTINGS
 from .auth import Authenticator
 from .config import ConfigError, Settings, settings_from_env
 from .configfile import read_access
@@ -24,6 +25,9 @@ from .sessions import Sessions
 from .share import ShareLinks
 from .state import load_publish_token, load_signing_key
 from .throttle import FailureThrottle
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 __all__ = ["build_policy", "create_app"]
 
@@ -71,9 +75,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
         middlewares=[guard_middleware(settings, rejections)],
     )
     app[SETTINGS] = settings
+    sessions = Sessions(key, settings.session_lifetime, settings.state_dir)
     app[AUTH] = Authenticator(
         policy,
-        Sessions(key, settings.session_lifetime, settings.state_dir),
+        sessions,
         ShareLinks(key),
         FailureThrottle(settings.auth_failures_per_minute),
         rejections,
@@ -81,14 +86,33 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[LIMITS] = Limits(settings, exempt=settings.trusted_proxies, rejections=rejections)
     app[METRICS] = Metrics(lambda: app[HUB].cameras(), lambda: app[LIMITS].connections, rejections)
     app[HUB] = Hub(settings, fan_out_took=app[METRICS].fan_out.observe)
+    if settings.redis:
+        app[CLUSTER] = _cluster_node(settings, app[HUB], sessions)
+        app.cleanup_ctx.append(_cluster)
     app[BOUNDARY] = b"frame-" + secrets.token_hex(8).encode()
-    app[INSTANCE] = secrets.token_hex(4)
     setup_routes(app, settings.static_dir)
     app.cleanup_ctx.append(_sweeper)
     if settings.demo:
         app.cleanup_ctx.append(demo_camera)
     app.on_shutdown.append(_close_connections)
     return app
+
+
+def _cluster_node(settings: Settings, hub: Hub, sessions: Sessions) -> ClusterNode:
+    try:
+        from .cluster.node import ClusterNode
+    except ImportError as exc:
+        raise ConfigError(
+            f"--redis needs redis-py with hiredis ({exc}): pip install 'framebroker[cluster]'"
+        ) from None
+    return ClusterNode(settings, hub, sessions)
+
+
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    node = app[CLUSTER]
+    await node.start()
+    yield
+    await node.stop()
 
 
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from .auth import Authenticator
@@ -10,7 +12,10 @@ from .hub import Hub
 from .limits import Limits
 from .metrics import Metrics
 
-__all__ = ["AUTH", "BOUNDARY", "HUB", "INSTANCE", "LIMITS", "METRICS", "SETTINGS"]
+if TYPE_CHECKING:  # only a node of a cluster loads the cluster package (and redis-py)
+    from .cluster.node import ClusterNode
+
+__all__ = ["AUTH", "BOUNDARY", "CLUSTER", "HUB", "LIMITS", "METRICS", "SETTINGS"]
 
 SETTINGS = web.AppKey("settings", Settings)
 HUB = web.AppKey("hub", Hub)
@@ -22,5 +27,5 @@ LIMITS = web.AppKey("limits", Limits)
 METRICS = web.AppKey("metrics", Metrics)
 # The MJPEG multipart boundary, random per broker, shared by every stream so parts are built once.
 BOUNDARY = web.AppKey("boundary", bytes)
-# Random per broker start; part of ETags so a restarted broker's frame 1 is not "not modified".
-INSTANCE = web.AppKey("instance", str)
+# With --redis: this broker's part in the cluster (README, "Scaling out"); absent otherwise.
+CLUSTER: web.AppKey[ClusterNode] = web.AppKey("cluster")

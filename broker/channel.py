@@ -76,6 +76,9 @@ class Channel:
         self.seen = False  # a publisher has connected or posted: the camera "exists"
         self.agent: dict[str, object] = {}
         self.frames = 0
+        self.last_seq = 0  # per camera, across nodes and takeovers (README, "Scaling out")
+        # Passes each frame of this node's publisher on to the other nodes of a cluster.
+        self.relay: Callable[[Frame], None] | None = None
         self.frames_dropped = 0  # replaced by a newer frame before any viewer got them
         self.frames_bad = 0  # not complete JPEGs: dropped on receipt
         self.bytes = 0
@@ -102,12 +105,20 @@ class Channel:
     # -- frames ----------------------------------------------------------------------
 
     def publish(self, jpeg: bytes) -> Frame:
-        """Make `jpeg` the newest frame and schedule its fan-out to the viewers. Never awaits."""
-        frame = Frame(self.camera, self.frames + 1, jpeg, time.time(), time.monotonic())
+        """Make `jpeg` from this node's publisher the newest frame and schedule its fan-out. Never awaits."""
+        frame = Frame(self.camera, self.last_seq + 1, jpeg, time.time(), time.monotonic())
+        self.show(frame)
+        if self.relay is not None:
+            self.relay(frame)
+        return frame
+
+    def show(self, frame: Frame) -> None:
+        """Make `frame` (this node's, or another node's) the newest and schedule its fan-out."""
         self.latest = frame
+        self.last_seq = frame.seq
         self.last_active = frame.received_mono
         self.frames += 1
-        self.bytes += len(jpeg)
+        self.bytes += len(frame.jpeg)
         self.seen = True
         if not self._online:
             self._set_online(True)
@@ -118,7 +129,6 @@ class Channel:
                 self._fan_out_handle = asyncio.get_running_loop().call_soon(self._fan_out)
             else:
                 self.frames_dropped += 1
-        return frame
 
     # -- publisher -------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 from . import __version__
 from .config import ConfigError, Settings, env_name, parse_value, settings_from_env
@@ -22,17 +22,20 @@ from .passwords import hash_password
 from .server import BrokerServer
 from .share import ShareLinks
 from .state import load_signing_key
-from .systemd import ServiceNotifier
+from .systemd import Notifier, ServiceNotifier
 
 __all__ = ["build_parser", "main", "serve"]
 
 log = logging.getLogger("broker")
+
+T = TypeVar("T")
 
 GROUP_TITLES = {
     "network": "network",
     "access": "access (see README, Security)",
     "limits": "limits",
     "timeouts": "timeouts (seconds)",
+    "cluster": "cluster (see README, Scaling out)",
     "compat": "URLs of other camera servers",
     "other": "page, logging and demo",
 }
@@ -107,8 +110,11 @@ def raise_open_file_limit() -> None:
     log.debug("open-file limit: %s", soft)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the broker until SIGINT or SIGTERM, then shut down gracefully; SIGHUP rereads the certificate."""
+async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
+    """Run the broker until SIGINT or SIGTERM, then shut down gracefully; SIGHUP rereads the certificate.
+
+    `notifier` hears "ready" and "stopping": systemd's by default, a supervisor's for a worker.
+    """
     server = BrokerServer(settings)
     await server.start()
     stop = asyncio.Event()
@@ -124,7 +130,7 @@ async def serve(settings: Settings) -> None:
         log.info("listening on every interface: use this machine's address in the URL")
     if settings.demo:
         log.info("demo camera: %s://127.0.0.1:%d/#/cameras/demo", server.scheme, server.port)
-    systemd = ServiceNotifier()
+    systemd = notifier or ServiceNotifier()
     systemd.ready(f"serving on port {server.port}")
     await stop.wait()
     systemd.stopping()
@@ -218,14 +224,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     raise_open_file_limit()
     try:
-        import uvloop
-    except ImportError:  # Windows: uvloop does not exist there
-        run = asyncio.run
-    else:
-        run = uvloop.run
-    try:
-        run(serve(settings))
+        if settings.workers > 1:
+            from .supervisor import Supervisor
+
+            return run_loop(Supervisor(settings).run())
+        run_loop(serve(settings))
     except ConfigError as exc:
         print(f"framebroker: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on uvloop (asyncio's own loop where uvloop does not exist, on Windows)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

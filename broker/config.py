@@ -239,6 +239,49 @@ class Settings:
         metadata=_help("a camera nobody has published to or watched for this long is removed", "timeouts"),
     )
 
+    # Cluster (README, "Scaling out")
+    redis: str = field(
+        default="",
+        repr=False,  # a password may be in the URL
+        metadata=_help(
+            "make this broker a node of the cluster named by this Redis database: redis://HOST:PORT/DB "
+            "or rediss:// for TLS (password in the URL or in --redis-password-file); empty = one "
+            "process on its own",
+            "cluster",
+        ),
+    )
+    redis_password_file: Path | None = field(
+        default=None,
+        metadata=_help("file holding the Redis password (instead of putting it in the URL)", "cluster"),
+    )
+    node_name: str = field(
+        default="",
+        metadata=_help("this node's name in the cluster; empty = hostname:port", "cluster"),
+    )
+    workers: int = field(
+        default=1,
+        metadata=_help(
+            "broker processes on this host sharing the port (SO_REUSEPORT); above 1 needs --redis",
+            "cluster",
+        ),
+    )
+    redis_timeout: float = field(
+        default=2.0,
+        metadata=_help(
+            "longest wait for Redis to connect or answer; it is also pinged this often, so a frozen "
+            "Redis is noticed within about twice this",
+            "cluster",
+        ),
+    )
+    node_ttl: float = field(
+        default=5.0,
+        metadata=_help(
+            "a node's viewer counts and publisher claims expire this long after it last refreshed "
+            "them (a third of this), so a node that dies stops counting",
+            "cluster",
+        ),
+    )
+
     # URLs of other camera servers
     default_camera: str = field(
         default="",
@@ -302,6 +345,26 @@ class Settings:
             self.default_camera,
             "empty or 1-64 characters from A-Z a-z 0-9 _ -",
         )
+        _check(1 <= self.workers <= 256, "workers", self.workers, "1 to 256")
+        if self.workers > 1 and not self.redis:
+            raise ConfigError(
+                f"workers={self.workers} needs --redis: worker processes share cameras and viewers only "
+                "through Redis; without it each would be a separate broker with its own cameras"
+            )
+        _check(
+            not self.redis or self.redis.startswith(("redis://", "rediss://")),
+            "redis",
+            _redacted(self.redis),
+            "a redis:// or rediss:// URL",
+        )
+        _check(
+            len(self.node_name.encode()) <= 200 and self.node_name.isprintable(),
+            "node_name",
+            self.node_name,
+            "at most 200 printable characters",
+        )
+        _check(self.redis_timeout > 0, "redis_timeout", self.redis_timeout, "> 0 seconds")
+        _check(self.node_ttl >= 1, "node_ttl", self.node_ttl, ">= 1 second")
         _check(self.log_level in LOG_LEVELS, "log_level", self.log_level, " or ".join(LOG_LEVELS))
         _check(self.log_format in LOG_FORMATS, "log_format", self.log_format, " or ".join(LOG_FORMATS))
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -340,6 +403,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _redacted(url: str) -> str:
+    """A URL with its password, if any, replaced by ***."""
+    return re.sub(r"(://[^/@]*:)[^/@]*@", r"\1***@", url)
 
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:

@@ -8,7 +8,7 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from .app_keys import AUTH, HUB, SETTINGS
+from .app_keys import AUTH, CLUSTER, HUB, SETTINGS
 from .channel import Channel
 from .hub import TooManyCameras
 from .jpeg import is_complete_jpeg
@@ -292,12 +292,17 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
         raise
     session = PublisherSession(ws, channel, peer(request), settings.max_bad_frames)
     log.info("camera %s: publisher %s connected", channel.camera, session.peer, extra=session.log_context)
+    cluster = request.app.get(CLUSTER)
     with hub.track(session):
-        channel.attach_publisher(session)
+        # In a cluster the channel sees the session through the node, which claims the camera.
+        attached = session if cluster is None else await cluster.publisher_connected(channel, session)
+        channel.attach_publisher(attached)
         try:
             await session.run(settings.max_frame_bytes)
         finally:
-            channel.detach_publisher(session)
+            channel.detach_publisher(attached)
+            if cluster is not None:
+                cluster.publisher_gone(channel, attached)
             log.info(
                 "camera %s: publisher %s disconnected (code %s)",
                 channel.camera,
@@ -346,7 +351,9 @@ async def publish_post(request: web.Request) -> web.Response:
         )
         return web.Response(status=400, text="the request body was broken off\n")
     channel = open_channel(request, camera)
-    holder = channel.claim_for_post(source, settings.offline_after)
+    cluster = request.app.get(CLUSTER)
+    holder = None if cluster is None else await cluster.claim_post(channel, source)
+    holder = holder or channel.claim_for_post(source, settings.offline_after)
     if holder is not None:
         log.info(
             "camera %s: POST from %s refused: the camera is held by %s",

@@ -63,6 +63,8 @@ class BrokerServer:
             self.settings.port,
             self.certificate,
             self.settings.tls_handshake_timeout,
+            # Worker processes of `--workers` share the port; the kernel spreads connections over them.
+            reuse_port=self.settings.workers > 1,
         )
         await site.start()
 
@@ -85,7 +87,7 @@ class _Site(web.BaseSite):
     bound on the handshake and without a log line when one fails (see tls.py).
     """
 
-    __slots__ = ("_certificate", "_handshake_timeout", "_host", "_port", "_tls")
+    __slots__ = ("_certificate", "_handshake_timeout", "_host", "_port", "_reuse_port", "_tls")
 
     def __init__(
         self,
@@ -94,8 +96,11 @@ class _Site(web.BaseSite):
         port: int,
         certificate: Certificate | None,
         handshake_timeout: float,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner)
+        self._reuse_port = reuse_port
         self._host = host
         self._port = port
         self._certificate = certificate
@@ -120,7 +125,12 @@ class _Site(web.BaseSite):
                 limits.admit_handshake if limits is not None else None,
             )
         self._server = await asyncio.get_running_loop().create_server(
-            self._tls or handler, self._host, self._port, backlog=self._backlog, reuse_address=True
+            self._tls or handler,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+            reuse_port=self._reuse_port,
         )
 
     async def stop(self) -> None:

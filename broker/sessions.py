@@ -7,7 +7,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .access import User
@@ -40,6 +40,8 @@ class Sessions:
         self.lifetime = lifetime
         self._file = state_dir / REVOKED_FILE if state_dir is not None else None
         self._revoked: dict[str, float] = self._load()
+        # Told of each sign-out, so the other nodes of a cluster refuse the session too.
+        self.on_revoke: Callable[[str, float], None] | None = None
 
     def issue(self, user: User) -> str:
         """A new session cookie value for `user`."""
@@ -77,6 +79,17 @@ class Sessions:
             del self._revoked[next(iter(self._revoked))]
         self._revoked[session] = now + self.lifetime
         self._save()
+        if self.on_revoke is not None:
+            self.on_revoke(session, now + self.lifetime)
+
+    def revoked_elsewhere(self, session: str, until: float) -> None:
+        """Another node of the cluster signed `session` out."""
+        if until > time.time() and len(self._revoked) < MAX_REVOKED:
+            self._revoked[session] = until
+
+    def revoked_sessions(self) -> dict[str, float]:
+        """The sessions signed out early, and until when they would have lasted."""
+        return dict(self._revoked)
 
     def _load(self) -> dict[str, float]:
         if self._file is None:

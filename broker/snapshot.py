@@ -10,7 +10,7 @@ from aiohttp.helpers import ETAG_ANY, rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 
 from . import wire
-from .app_keys import AUTH, HUB, INSTANCE
+from .app_keys import AUTH, CLUSTER, HUB
 from .frame import Frame
 from .params import camera_id
 
@@ -27,28 +27,29 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
     channel = request.app[HUB].channel(camera)
     if channel is None or not channel.seen:
         raise web.HTTPNotFound(text=f"camera {camera!r} has never published\n")
-    frame = channel.latest
+    cluster = request.app.get(CLUSTER)
+    frame = channel.latest if cluster is None else await cluster.newest(channel)
     if frame is None:
         raise web.HTTPServiceUnavailable(
             text=f"camera {camera!r} has no frame yet\n",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
     age = f"{max(0.0, time.monotonic() - frame.received_mono):.3f}"
-    instance = request.app[INSTANCE]
-    if _not_modified(request, _etag(instance, frame), _last_modified(frame)):
-        return _answer(frame, instance, age, status=304)
+    if _not_modified(request, _etag(frame), _last_modified(frame)):
+        return _answer(frame, age, status=304)
     if request.method == "GET" and request.version == HttpVersion11 and request.keep_alive:
         head = frame.snapshot_head
         if head is None:
-            head = frame.snapshot_head = _prebuilt_head(frame, instance)
+            head = frame.snapshot_head = _prebuilt_head(frame)
         return _PrebuiltAnswer(head, age, frame.jpeg)
     # HEAD, HTTP/1.0 and "Connection: close" are rare: aiohttp builds those answers.
-    return _answer(frame, instance, age, body=frame.jpeg)
+    return _answer(frame, age, body=frame.jpeg)
 
 
-def _etag(instance: str, frame: Frame) -> str:
-    # Sequence numbers restart with the broker: the per-run part keeps old ETags from matching.
-    return f"{instance}-{frame.camera}-{frame.seq}"
+def _etag(frame: Frame) -> str:
+    # The receive time tells a restarted camera's frame 1 from the last one's, and is carried
+    # across Redis unchanged, so every node of a cluster gives a frame the same ETag.
+    return f"{frame.camera}-{frame.seq}-{int(frame.received_at * 1e6):x}"
 
 
 def _last_modified(frame: Frame) -> int:
@@ -68,13 +69,11 @@ def _not_modified(request: web.BaseRequest, etag: str, last_modified: int) -> bo
     return since is not None and last_modified <= since.timestamp()
 
 
-def _answer(
-    frame: Frame, instance: str, age: str | None, *, status: int = 200, body: bytes | None = None
-) -> web.Response:
+def _answer(frame: Frame, age: str | None, *, status: int = 200, body: bytes | None = None) -> web.Response:
     """An answer about `frame` with every header but Date and Server, which aiohttp adds."""
     content_type = None if body is None else "image/jpeg"
     response = web.Response(status=status, body=body, content_type=content_type, headers=_FIXED_HEADERS)
-    response.etag = _etag(instance, frame)
+    response.etag = _etag(frame)
     response.last_modified = _last_modified(frame)
     response.headers["X-Frame-Seq"] = str(frame.seq)
     if age is not None:
@@ -82,12 +81,12 @@ def _answer(
     return response
 
 
-def _prebuilt_head(frame: Frame, instance: str) -> bytes:
+def _prebuilt_head(frame: Frame) -> bytes:
     """The status line and the headers of a keep-alive HTTP/1.1 200, built once per frame.
 
     The headers are those of `_answer()`, so both ways of answering say the same.
     """
-    headers = _answer(frame, instance, None, body=frame.jpeg).headers
+    headers = _answer(frame, None, body=frame.jpeg).headers
     return wire.http_head(
         "HTTP/1.1 200 OK",
         [*headers.items(), ("Content-Length", str(len(frame.jpeg))), ("Server", SERVER_SOFTWARE)],

@@ -12,11 +12,22 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
-__all__ = ["ServiceNotifier"]
+__all__ = ["Notifier", "ServiceNotifier"]
 
 log = logging.getLogger(__name__)
+
+
+class Notifier(Protocol):
+    """Who hears that a broker process is ready or stopping."""
+
+    def ready(self, status: str) -> None:
+        """The process serves."""
+
+    def stopping(self) -> None:
+        """The process is shutting down."""
 
 
 class ServiceNotifier:
@@ -36,9 +47,12 @@ class ServiceNotifier:
         self.watchdog_interval = _ping_interval(environ)
         self._watchdog: asyncio.Task[None] | None = None
         self._failing = False
+        self._healthy: Callable[[], bool] | None = None
 
-    def ready(self, status: str) -> None:
-        """Report READY=1 with a status line, and start pinging the watchdog if systemd asked for it."""
+    def ready(self, status: str, healthy: Callable[[], bool] | None = None) -> None:
+        """Report READY=1 with a status line, and start pinging the watchdog if systemd asked for it
+        (only while `healthy()` says so, if given: a supervisor answers for its workers)."""
+        self._healthy = healthy
         self.notify("READY=1", f"STATUS={status}")
         if self._address and self.watchdog_interval is not None and self._watchdog is None:
             self._watchdog = asyncio.create_task(self._feed_watchdog(), name="systemd-watchdog")
@@ -73,7 +87,8 @@ class ServiceNotifier:
     async def _feed_watchdog(self) -> None:
         assert self.watchdog_interval is not None
         while True:
-            self.notify("WATCHDOG=1")
+            if self._healthy is None or self._healthy():
+                self.notify("WATCHDOG=1")
             await asyncio.sleep(self.watchdog_interval)
 
 

@@ -1,0 +1,246 @@
+"""One broker as a node of the cluster: the parts wired together, and the hooks the broker calls."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import secrets
+import socket
+from typing import Any
+
+from ..channel import Channel, Publisher
+from ..config import Settings
+from ..frame import Frame
+from ..hub import Hub
+from ..sessions import Sessions
+from . import framewire
+from .demand import ClusterPublisher, Demand
+from .keys import Keys
+from .link import RedisLink
+from .ownership import Ownership, RemotePublisher
+from .relay import FrameRelay
+from .revocations import Revocations
+from .subscriber import Subscriber
+
+__all__ = ["ClusterNode", "default_node_name"]
+
+log = logging.getLogger("broker.cluster")
+
+
+def default_node_name(settings: Settings) -> str:
+    """hostname:port (with port 0, which every node could share, the process id instead)."""
+    port = str(settings.port) if settings.port else f"pid{os.getpid()}"
+    return f"{socket.gethostname()}:{port}"
+
+
+class ClusterNode:
+    """This broker's part in the cluster. The broker calls it when a publisher comes or goes,
+    for a snapshot of a camera held elsewhere, and for /api/cameras and /healthz."""
+
+    def __init__(self, settings: Settings, hub: Hub, sessions: Sessions) -> None:
+        self.name = settings.node_name or default_node_name(settings)
+        self._hub = hub
+        self.link = link = RedisLink(settings)
+        self.keys = keys = Keys(link.db)
+        self._interval = settings.node_ttl / 3
+        self.relay = FrameRelay(link, keys, self.name, settings.forget_after, self._refused)
+        self.subscriber = Subscriber(link, keys, self._remote_frame, self._control)
+        self.ownership = Ownership(
+            link,
+            keys,
+            hub,
+            self.name,
+            settings.node_ttl,
+            on_remote_viewers=self._remote_viewers,
+            on_holder_changed=self._holder_changed,
+            announce=self._announce,
+        )
+        # Counts are filed under this process, not its name: two nodes given the same name (two
+        # hosts called "localhost", gunicorn's workers) must not overwrite each other's.
+        instance = f"{self.name}#{secrets.token_hex(4)}"
+        self.demand = Demand(link, keys, instance, settings.node_ttl, self._announce)
+        self.revocations = Revocations(link, keys, sessions, self._announce)
+        self._scripts = [self.relay.script, *self.ownership.scripts, *self.demand.scripts]
+        link.on_up(self._load_scripts)
+        link.on_up(self.subscriber.start)  # first, so that no news is missed during the rest
+        link.on_up(self.revocations.sync)
+        link.on_up(self._tick)
+        link.on_down(self._down)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- running ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (in the background: the broker serves its own cameras whatever Redis does)."""
+        log.info("node %s of the cluster in redis %s", self.name, self.link.location)
+        self._tasks = [asyncio.ensure_future(self.link.run()), asyncio.ensure_future(self._ticker())]
+
+    async def stop(self) -> None:
+        """Let go of this node's cameras and disconnect."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.subscriber.stop()
+        await self.link.close()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            if not self.link.up:
+                continue
+            try:
+                await asyncio.wait_for(self._tick(), self.link.timeout * 2)
+            except Exception as exc:
+                self.link.broken("refreshing claims and viewer counts", exc)
+
+    async def _load_scripts(self) -> None:
+        for script in self._scripts:
+            await script.load()
+
+    async def _tick(self) -> None:
+        """Renew this node's claims and counts, learn every holder, add up our cameras' viewers."""
+        await self.ownership.refresh()
+        await self.demand.renew({c.camera: c.viewer_count for c in self._hub.cameras() if c.viewer_count})
+        await self._update_totals(list(self.ownership.claims))
+
+    def _down(self) -> None:
+        self.relay.clear()
+        self.subscriber.stop()
+        for claim in self.ownership.claims.values():
+            if isinstance(claim.publisher, ClusterPublisher):
+                claim.publisher.remote_changed(0)  # no other node's viewer can be served now
+
+    # -- hooks: publishers -------------------------------------------------------------
+
+    async def publisher_connected(self, channel: Channel, session: Publisher) -> Publisher:
+        """A WebSocket publisher here: claim the camera; the publisher returned goes to the channel."""
+        claim = await self.ownership.claim(channel)
+        publisher = ClusterPublisher(session, channel.camera, self.demand.changed)
+        claim.publisher = publisher
+        if self.link.up:
+            try:
+                publisher.remote = (await self.demand.totals([channel.camera]))[channel.camera]
+            except Exception as exc:
+                self.link.broken(f"camera {channel.camera}: counting viewers", exc)
+        self._holder_changed(channel)
+        return publisher
+
+    def publisher_gone(self, channel: Channel, publisher: Publisher) -> None:
+        """The publisher returned by `publisher_connected` left."""
+        claim = self.ownership.holds(channel.camera)
+        if claim is not None and claim.publisher is publisher:
+            self.ownership.released(channel, claim)
+
+    async def claim_post(self, channel: Channel, source: str) -> str | None:
+        """None if `source` may POST to the camera here, else who holds it."""
+        return await self.ownership.claim_post(channel, source)
+
+    def publisher_node(self, channel: Channel) -> str | None:
+        """The node that holds the camera's publisher, for /api/cameras."""
+        if isinstance(channel.publisher, RemotePublisher):
+            return channel.publisher.node
+        if self.ownership.holds(channel.camera) is not None or channel.publisher is not None:
+            return self.name
+        return None
+
+    # -- hooks: viewers ---------------------------------------------------------------
+
+    async def newest(self, channel: Channel) -> Frame | None:
+        """The camera's newest frame for a snapshot: from Redis when this node has no fresh one."""
+        camera = channel.camera
+        if self.ownership.holds(camera) or self.subscriber.watching(camera) or not self.link.up:
+            return channel.latest
+        await self._fetch_latest(channel)
+        return channel.latest
+
+    def health(self) -> dict[str, Any]:
+        """The node and its Redis link, for /healthz."""
+        return {"node": self.name, "redis": self.link.status()}
+
+    # -- internals -------------------------------------------------------------------
+
+    def _holder_changed(self, channel: Channel) -> None:
+        """Relay frames of a camera we hold; receive those of one held elsewhere while it has viewers."""
+        claim = self.ownership.holds(channel.camera)
+        if claim is not None:
+            channel.relay = functools.partial(self.relay.send, holder=claim.holder)
+            self.subscriber.want(channel.camera, False)
+            return
+        channel.relay = None
+        wanted = isinstance(channel.publisher, RemotePublisher) and channel.viewer_count > 0
+        was = self.subscriber.watching(channel.camera)
+        self.subscriber.want(channel.camera, wanted)
+        if wanted and not was and self.link.up:
+            self.link.spawn(self._fetch_latest(channel))  # the new viewer gets a picture at once
+
+    def _remote_viewers(self, channel: Channel, count: int) -> None:
+        self.demand.changed(channel.camera, count)
+        self._holder_changed(channel)
+
+    async def _fetch_latest(self, channel: Channel) -> None:
+        try:
+            data = await self.link.client.get(self.keys.latest(channel.camera))
+        except Exception as exc:
+            self.link.broken(f"camera {channel.camera}: reading its latest frame", exc)
+            return
+        if data is not None:
+            try:
+                self._remote_frame(framewire.decode(data))
+            except framewire.WireError as exc:
+                log.warning("camera %s: ignoring its latest frame in Redis: %s", channel.camera, exc)
+
+    def _remote_frame(self, message: framewire.FrameMessage) -> None:
+        channel = self._hub.channel(message.camera)
+        if channel is None or self.ownership.holds(message.camera) is not None:
+            return
+        if message.seq <= channel.last_seq:
+            return  # not newer than what this node shows: time never runs backwards
+        channel.show(message.frame())
+
+    def _refused(self, camera: str) -> None:
+        """Redis refused our frame: another node holds the camera now."""
+        self.link.spawn(self._check(camera))
+
+    async def _check(self, camera: str) -> None:
+        try:
+            await self.ownership.check(camera)
+        except Exception as exc:
+            self.link.broken(f"camera {camera}: reading its holder", exc)
+
+    async def _update_totals(self, cameras: list[str]) -> None:
+        totals = await self.demand.totals(cameras)
+        for camera, count in totals.items():
+            claim = self.ownership.holds(camera)
+            if claim is not None and isinstance(claim.publisher, ClusterPublisher):
+                claim.publisher.remote_changed(count)
+
+    async def _totals_of(self, camera: str) -> None:
+        try:
+            await self._update_totals([camera])
+        except Exception as exc:
+            self.link.broken(f"camera {camera}: counting viewers", exc)
+
+    def _control(self, news: dict[str, Any]) -> None:
+        kind, camera = news["t"], news.get("c")
+        if kind == "holder" and isinstance(camera, str):
+            self.link.spawn(self._check(camera))
+        elif kind == "demand" and isinstance(camera, str):
+            if self.ownership.holds(camera) is not None:
+                self.link.spawn(self._totals_of(camera))
+        elif (
+            kind == "signed-out" and isinstance(news.get("s"), str) and isinstance(news.get("u"), int | float)
+        ):
+            self.revocations.heard(news["s"], float(news["u"]))
+
+    def _announce(self, news: dict[str, object]) -> None:
+        if self.link.up:
+            self.link.spawn(self._publish(json.dumps(news)))
+
+    async def _publish(self, text: str) -> None:
+        try:
+            await self.link.client.publish(self.keys.control, text)
+        except Exception as exc:
+            self.link.broken("sending a control message", exc)

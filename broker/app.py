@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .access import AccessPolicy
-from .app_keys import AUTH, BOUNDARY, HUB, INSTANCE, LIMITS, METRICS, SETTINGS
+from .app_keys import AUTH, BOUNDARY, HUB, INSTANCE, LIMITS, METRICS, RESIZER, SETTINGS
 from .auth import Authenticator
 from .config import ConfigError, Settings, settings_from_env
 from .configfile import read_access
@@ -19,6 +19,7 @@ from .guard import guard_middleware
 from .hub import Hub
 from .limits import Limits
 from .metrics import Metrics, Rejections
+from .resize import Resizer
 from .routes import setup_routes
 from .sessions import Sessions
 from .share import ShareLinks
@@ -80,7 +81,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     )
     app[LIMITS] = Limits(settings, exempt=settings.trusted_proxies, rejections=rejections)
     app[METRICS] = Metrics(lambda: app[HUB].cameras(), lambda: app[LIMITS].connections, rejections)
-    app[HUB] = Hub(settings, fan_out_took=app[METRICS].fan_out.observe)
+    app[RESIZER] = Resizer(settings.resize_threads)
+    app[HUB] = Hub(settings, fan_out_took=app[METRICS].fan_out.observe, resizer=app[RESIZER])
     app[BOUNDARY] = b"frame-" + secrets.token_hex(8).encode()
     app[INSTANCE] = secrets.token_hex(4)
     setup_routes(app, settings.static_dir)
@@ -96,6 +98,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+    await app[RESIZER].close()
 
 
 async def _close_connections(app: web.Application) -> None:

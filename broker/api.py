@@ -51,6 +51,7 @@ async def camera_detail(request: web.Request) -> web.Response:
     detail["viewer_list"] = [
         {
             "kind": viewer.kind,
+            "width": viewer.variant.width if viewer.variant is not None else None,
             "address": viewer.peer if show_addresses else None,
             "connected_since": round(viewer.connected_at, 3),
             "frames_written": viewer.frames_written,

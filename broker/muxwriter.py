@@ -111,13 +111,7 @@ class MuxWriter(SocketWriter):
 
     def offer(self, subscription: Subscription, frame: Frame, now: float) -> None:
         """Send `frame` now if the socket has room, else keep it as the subscription's newest."""
-        transport = self._transport
-        if (
-            self._flusher is None
-            and self._open
-            and not transport.get_write_buffer_size()
-            and not transport.is_closing()
-        ):
+        if self._may_send_now():
             self._send(frame.stream_message(subscription.header))
             subscription.frames_written += 1
             subscription.last_seq = frame.seq
@@ -131,21 +125,13 @@ class MuxWriter(SocketWriter):
 
     def status(self, subscription: Subscription, message: bytes) -> None:
         """Send a prebuilt state message for the subscription; while busy only its newest is kept."""
-        if not self._open or not subscription.active:
-            return
-        if self._flusher is None and not self._transport.get_write_buffer_size():
-            self._write(message)
-        else:
+        if self._open and subscription.active and not self._write_if_idle(message):
             subscription.pending_status = message
             self._queue(subscription)
 
     def reply(self, message: bytes) -> None:
         """Send a prebuilt answer to one of the client's requests; answers keep their order."""
-        if not self._open:
-            return
-        if self._flusher is None and not self._transport.get_write_buffer_size():
-            self._write(message)
-        else:
+        if self._open and not self._write_if_idle(message):
             self._replies.append(message)
             self._start_flush()
 

@@ -101,21 +101,23 @@ class VariantFeed:
         self.latest: Frame | None = None
         self.made = 0
         self.skipped = 0  # source frames replaced by a newer one while a job ran
+        self.failed = 0  # source frames that could not be shrunk
         self._variants = variants
-        self._busy = False
+        self._making: Frame | None = None  # the source frame being shrunk now
         self._pending: Frame | None = None
         self._no_signal: Frame | None = None
         self._no_signal_source: Frame | None = None
-        self._failed_warned = False
 
     def source(self, frame: Frame) -> None:
         """Make this variant of `frame` next; while a job runs it waits, replaced by newer frames."""
-        if self._busy:
+        if self._making is not None:
+            if frame is self._making or frame is self._pending:
+                return
             if self._pending is not None:
                 self.skipped += 1
             self._pending = frame
             return
-        self._busy = True
+        self._making = frame
         job = self._variants.shrink(frame, self.variant)
         job.add_done_callback(lambda done: self._made(frame, done))
 
@@ -135,7 +137,7 @@ class VariantFeed:
     # -- internals -------------------------------------------------------------------
 
     def _made(self, source: Frame, job: asyncio.Future[bytes]) -> None:
-        self._busy = False
+        self._making = None
         frame = self._result(source, job)
         if frame is not None:
             self.latest = frame
@@ -159,9 +161,9 @@ class VariantFeed:
         error = job.exception()
         if error is not None:
             camera = source.camera
-            if not self._failed_warned:
+            self.failed += 1
+            if self.failed == 1:
                 # Once per feed: a camera sending such frames would otherwise fill the log.
-                self._failed_warned = True
                 log.warning(
                     "camera %s: cannot make its %d px wide variant of frame %d: %s",
                     camera,

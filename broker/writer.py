@@ -135,6 +135,23 @@ class SocketWriter:
         if sent < len(data):
             self._transport.write(memoryview(data)[sent:])
 
+    def _may_send_now(self) -> bool:
+        """Nothing waits and the socket took everything before: `_send()` may write at once."""
+        transport = self._transport
+        return (
+            self._flusher is None
+            and self._open
+            and not transport.get_write_buffer_size()
+            and not transport.is_closing()
+        )
+
+    def _write_if_idle(self, message: bytes) -> bool:
+        """Write `message` at once if nothing waits before it; False if it has to wait its turn."""
+        if self._flusher is None and not self._transport.get_write_buffer_size():
+            self._write(message)
+            return True
+        return False
+
     def _write(self, data: bytes) -> None:
         if self._transport.is_closing():
             self.close()
@@ -285,11 +302,7 @@ class FrameWriter(SocketWriter):
 
     def offer_text(self, message: bytes) -> None:
         """Send a prebuilt text message; while busy only the newest one is kept."""
-        if not self._open:
-            return
-        if self._flusher is None and not self._transport.get_write_buffer_size():
-            self._write(message)
-        else:
+        if self._open and not self._write_if_idle(message):
             self._pending_text = message
             self._start_flush()
 

@@ -60,6 +60,17 @@ async def camera_detail(request: web.Request) -> web.Response:
         }
         for viewer in sorted(channel.viewers, key=lambda v: v.connected_at)
     ]
+    detail["variants"] = [
+        {
+            "width": feed.variant.width,
+            "quality": feed.variant.quality,
+            "viewers": len(feed.viewers),
+            "frames_made": feed.made,
+            "frames_skipped": feed.skipped,
+            "frames_failed": feed.failed,
+        }
+        for feed in (channel.variants.feeds() if channel.variants is not None else [])
+    ]
     return web.json_response(detail, headers={"Cache-Control": "no-store"})
 
 

@@ -46,7 +46,9 @@ def shrink_jpeg(jpeg: bytes, width: int, quality: int) -> bytes:
         image.draft("RGB", (width, height))
         picture = image if image.mode in _TO_RGB else image.convert("RGB")
         if picture.size != (width, height):
-            picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+            # Less than 2x down after the reduced decoding: an area average is sharp enough,
+            # and cheaper than the bilinear or bicubic filters.
+            picture = picture.resize((width, height), Image.Resampling.BOX)
         out = io.BytesIO()
         picture.save(out, "JPEG", quality=quality)
     return out.getvalue()

@@ -294,3 +294,18 @@ async def test_shutdown_closes_the_socket_going_away(start_broker, http):
     await client.subscribe("garden")
     await broker.stop()
     assert await asyncio.wait_for(client.closed, 10) == aiohttp.WSCloseCode.GOING_AWAY
+
+
+async def test_a_socket_counts_once_per_address_however_many_cameras_it_watches(start_broker, http):
+    """With --max-connections-per-ip 2, an address holds two /ws sockets of 3 cameras each; a third
+    socket gets 429 before the upgrade; each subscription counts as a viewer of its camera."""
+    broker = await start_broker(max_connections_per_ip=2, trusted_proxies=("127.0.0.1",), public=True)
+    away = {"X-Forwarded-For": "198.51.100.7"}
+    clients = [await MuxClient.connect(http, broker.ws_url("/ws"), headers=away) for _ in range(2)]
+    for client in clients:
+        for camera in ("a", "b", "c"):
+            await client.subscribe(camera)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(broker.ws_url("/ws"), headers=away)
+    assert (refused.value.status, refused.value.headers["Retry-After"]) == (429, "10")
+    assert [broker.app[HUB].channel(camera).viewer_count for camera in ("a", "b", "c")] == [2, 2, 2]

@@ -68,8 +68,12 @@ async def test_per_camera_routes_take_width(broker, http, route):
         response.close()
     assert jpeg_dimensions(first) == jpeg_dimensions(second) == (320, 180)
     async with http.get(broker.url("/api/cameras/hd")) as response:
-        (entry,) = (await response.json())["viewer_list"]
+        detail = await response.json()
+    (entry,) = detail["viewer_list"]
     assert entry["width"] == 320
+    (variant,) = detail["variants"]
+    assert (variant["width"], variant["viewers"], variant["frames_failed"]) == (320, 1, 0)
+    assert variant["frames_made"] >= 2
 
 
 @pytest.mark.parametrize("query", ["width=wide", "width=0", "width=320&quality=0", "quality=50"])

@@ -99,6 +99,7 @@ class VariantFeed:
         self.stream = stream
         self.viewers: set[Viewer] = set()
         self.latest: Frame | None = None
+        self._followed = False  # watched since `latest` was made: it is at most a job behind
         self.made = 0
         self.skipped = 0  # source frames replaced by a newer one while a job ran
         self.failed = 0  # source frames that could not be shrunk
@@ -122,9 +123,15 @@ class VariantFeed:
         job.add_done_callback(lambda done: self._made(frame, done))
 
     def newest(self, source: Frame | None) -> Frame | None:
-        """This variant of `source`, if it has been made already."""
+        """The newest frame made, unless it may be far behind `source` (the feed went unwatched since)."""
         latest = self.latest
-        return latest if latest is not None and source is not None and latest.seq == source.seq else None
+        if latest is None or not (self._followed or (source is not None and latest.seq == source.seq)):
+            return None
+        return latest
+
+    def unwatched(self) -> None:
+        """The last viewer left: source frames are no longer made, so the newest made falls behind."""
+        self._followed = False
 
     def no_signal(self, source: Frame) -> Frame | None:
         """This variant of the channel's no-signal picture `source`; None while it is being made."""
@@ -141,6 +148,7 @@ class VariantFeed:
         frame = self._result(source, job)
         if frame is not None:
             self.latest = frame
+            self._followed = bool(self.viewers)
             self.made += 1
             now = time.monotonic()
             for viewer in self.viewers:
@@ -233,6 +241,8 @@ class Variants:
         feed = self._feeds.get(variant)
         if feed is not None:
             feed.viewers.discard(viewer)
+            if not feed.viewers:
+                feed.unwatched()
 
     def source(self, frame: Frame) -> None:
         """A new source frame: every watched feed makes its variant of it."""
@@ -241,7 +251,7 @@ class Variants:
                 feed.source(frame)
 
     def newest(self, variant: Variant) -> Frame | None:
-        """`variant` of the camera's newest frame, once made."""
+        """The newest frame made at `variant`: of the camera's newest frame, or a job behind it."""
         feed = self._feeds.get(variant)
         return None if feed is None else feed.newest(self._channel.latest)
 

@@ -38,6 +38,7 @@ from .target import Target
 __all__ = ["main"]
 
 SIZE = (1280, 720)
+SERVER_CORE, BENCH_CORE = 0, 1
 TIMEOUT = 30.0
 
 
@@ -51,6 +52,7 @@ class Row:
     kb_per_viewer: float  # kB per viewer per second (median)
     latency_ms: tuple[float, float]  # broker receipt to last byte: p50, p99
     cpu_share: float  # broker CPU over the window, fraction of one core
+    core_busy: float | None  # how busy its core was, other processes included
     cpu_us_per_frame: float
     made_per_frame: float | None  # variants made per source frame (grid only)
 
@@ -82,7 +84,7 @@ def _run(args: argparse.Namespace, jpegs: list[bytes], grid: bool) -> Row:
     token = secrets.token_urlsafe(16)
     context = multiprocessing.get_context("spawn")
     children: list[BaseProcess] = []
-    with pinned(1), started("broker", cameras[0], token, 0) as server:
+    with pinned(BENCH_CORE), started("broker", cameras[0], token, SERVER_CORE) as server:
         try:
             targets = [Target(server.target.host, server.target.port, camera) for camera in cameras]
             publishers = [
@@ -100,8 +102,10 @@ def _run(args: argparse.Namespace, jpegs: list[bytes], grid: bool) -> Row:
             viewers.send(("window", start, end))
             time.sleep(max(0.0, start - time.time()))
             cpu_before, made_before = procstat.cpu_seconds(_pid(server)), _made(server, cameras)
+            core_before = procstat.core_times(SERVER_CORE)
             time.sleep(max(0.0, end - time.time()))
             cpu_after, made_after = procstat.cpu_seconds(_pid(server)), _made(server, cameras)
+            core_busy = procstat.core_times(SERVER_CORE).busy_share(core_before)
             result: GridResult = _expect(viewers, "result")[1]
             for conn in publishers:
                 conn.send(("close",))
@@ -110,7 +114,7 @@ def _run(args: argparse.Namespace, jpegs: list[bytes], grid: bool) -> Row:
                 child.join(5)
                 if child.is_alive():
                     child.kill()
-    return _row(args, grid, cameras, result, cpu_after - cpu_before, made_before, made_after)
+    return _row(args, grid, cameras, result, cpu_after - cpu_before, core_busy, made_before, made_after)
 
 
 def _spawn(
@@ -157,6 +161,7 @@ def _row(
     cameras: list[str],
     result: GridResult,
     cpu: float,
+    core_busy: float | None,
     made_before: tuple[int, int],
     made_after: tuple[int, int],
 ) -> Row:
@@ -173,6 +178,7 @@ def _row(
         kb_per_viewer=statistics.median(result.bytes) / args.duration / 1000,
         latency_ms=(latencies[len(latencies) // 2], latencies[int((len(latencies) - 1) * 0.99)]),
         cpu_share=cpu / args.duration,
+        core_busy=core_busy,
         cpu_us_per_frame=cpu / delivered * 1e6 if delivered else float("nan"),
         made_per_frame=made / sources if grid and sources else None,
     )
@@ -185,17 +191,18 @@ def _print(rows: list[Row], args: argparse.Namespace, jpegs: list[bytes]) -> Non
         f"{SIZE[0]}x{SIZE[1]} (~{kb:.0f} kB) at {args.fps:g} fps; window {args.duration:g} s\n"
     )
     print("| scenario | viewers x subscriptions | frames per viewer | kB/s per viewer | latency ms p50 / p99 "
-          "| broker CPU | CPU per delivered frame | vs full size | variants made per source frame |")
+          "| broker CPU % (core) | CPU per delivered frame | vs full size | variants made per source frame |")
     print("|---|---|---:|---:|---|---:|---:|---:|---:|")
     baselines = [row for row in rows if row.made_per_frame is None]
     for index, row in enumerate(rows):
         baseline = baselines[min(index // 2, len(baselines) - 1)]
         ratio = f"{row.cpu_us_per_frame / baseline.cpu_us_per_frame:.2f}x" if row is not baseline else ""
         made = f"{row.made_per_frame:.2f}" if row.made_per_frame is not None else ""
+        core = f"{row.core_busy * 100:.0f}" if row.core_busy is not None else "?"
         print(
             f"| {row.scenario} | {row.viewers} x {row.subscriptions} | {row.fps_per_viewer:.1f} fps "
             f"| {row.kb_per_viewer:,.0f} | {row.latency_ms[0]:.1f} / {row.latency_ms[1]:.1f} "
-            f"| {row.cpu_share:.0%} | {row.cpu_us_per_frame:.1f} µs | {ratio} | {made} |"
+            f"| {row.cpu_share * 100:.0f} ({core}) | {row.cpu_us_per_frame:.1f} µs | {ratio} | {made} |"
         )
 
 

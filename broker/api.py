@@ -69,7 +69,7 @@ async def camera_detail(request: web.Request) -> web.Response:
             "frames_skipped": feed.skipped,
             "frames_failed": feed.failed,
         }
-        for feed in (channel.variants.feeds() if channel.variants is not None else [])
+        for feed in channel.variants.feeds()
     ]
     return web.json_response(detail, headers={"Cache-Control": "no-store"})
 

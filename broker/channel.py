@@ -72,12 +72,12 @@ class Channel:
         *,
         offline_after: float,
         fan_out_took: Callable[[float], None] | None = None,
-        sizes: Sizes | None = None,
+        sizes: Sizes,
     ) -> None:
         self.camera = camera
         # Names the full-size frames in /ws frame headers; each variant has its own.
-        self.stream = sizes.next_stream() if sizes is not None else 0
-        self.variants = Variants(self, sizes) if sizes is not None else None
+        self.stream = sizes.next_stream()
+        self.variants = Variants(self, sizes)
         self.latest: Frame | None = None
         self.publisher: Publisher | None = None
         # A camera fed by POSTs is held by the address that posts, until it pauses.
@@ -190,32 +190,26 @@ class Channel:
         Call it right before `add_viewer`, with no await in between. Raises
         ResizeUnavailable when a smaller size is asked for and none can be made.
         """
-        if wanted is None or self.variants is None:
-            return None
-        return self.variants.resolve(wanted)
+        return None if wanted is None else self.variants.resolve(wanted)
 
     def stream_of(self, variant: Variant | None) -> int:
         """The stream number naming `variant` of this camera (resolved) in /ws frame headers."""
-        if variant is None or self.variants is None:
-            return self.stream
-        return self.variants.stream(variant)
+        return self.stream if variant is None else self.variants.stream(variant)
 
     def newest(self, variant: Variant | None) -> Frame | None:
         """The newest frame at `variant` (None: full size); a variant's once it is made."""
-        if variant is None or self.variants is None:
-            return self.latest
-        return self.variants.newest(variant)
+        return self.latest if variant is None else self.variants.newest(variant)
 
     def no_signal_at(self, variant: Variant | None) -> Frame | None:
         """The no-signal picture at `variant`, while the camera is offline (a variant's once made)."""
-        if variant is None or self.variants is None or self._no_signal is None:
+        if variant is None or self._no_signal is None:
             return self._no_signal
         return self.variants.no_signal(variant, self._no_signal)
 
     def add_viewer(self, viewer: Viewer) -> None:
         """Start feeding `viewer`: whatever it shows first, then its picture."""
         self._viewers.add(viewer)
-        if viewer.variant is None or self.variants is None:
+        if viewer.variant is None:
             self._full_size.add(viewer)
         else:
             self.variants.add(viewer, viewer.variant)
@@ -238,7 +232,7 @@ class Channel:
         self._viewers.discard(viewer)
         self._full_size.discard(viewer)
         self._ticking.discard(viewer)
-        if viewer.variant is not None and self.variants is not None:
+        if viewer.variant is not None:
             self.variants.remove(viewer, viewer.variant)
         self.last_active = time.monotonic()
         if not self._viewers:

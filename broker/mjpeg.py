@@ -7,13 +7,12 @@ import logging
 
 from aiohttp import web
 
-from .app_keys import AUTH, BOUNDARY, HUB, LIMITS, RESIZER, SETTINGS
+from .app_keys import AUTH, BOUNDARY, HUB, LIMITS, SETTINGS
 from .channel import Channel
 from .clients import client_of
 from .frame import Frame
 from .params import camera_id, peer, variant
 from .variants import Variant
-from .viewer import require_resizer
 from .writer import FrameWriter
 
 __all__ = ["MjpegSession", "view_mjpeg"]
@@ -71,7 +70,6 @@ async def view_mjpeg(request: web.Request) -> web.StreamResponse:
     await request.app[AUTH].may_view(request, camera)
     fps = _fps_cap(request)
     wanted = variant(request)
-    require_resizer(request.app[RESIZER], wanted)
     hub = request.app[HUB]
     channel = hub.channel(camera)
     if channel is None or not channel.seen:

@@ -9,12 +9,11 @@ from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
-from .app_keys import AUTH, HUB, LIMITS, RESIZER, SETTINGS
+from .app_keys import AUTH, HUB, LIMITS, SETTINGS
 from .channel import Channel
 from .clients import client_of
 from .frame import Frame
 from .params import camera_id, peer, require_websocket_13, variant
-from .resize import Resizer, ResizeUnavailable
 from .variants import Variant
 from .websocket import StrictWebSocket
 from .writer import FrameWriter, SocketWriter
@@ -93,23 +92,12 @@ def _encoder(with_header: bool) -> Callable[[Frame], bytes]:
     return Frame.ws_message_with_header if with_header else Frame.ws_message
 
 
-def require_resizer(resizer: Resizer, wanted: Variant | None) -> None:
-    """501 when a smaller size is asked for and this broker cannot make one (no Pillow)."""
-    if wanted is None:
-        return
-    try:
-        resizer.require()
-    except ResizeUnavailable as exc:
-        raise web.HTTPNotImplemented(text=f"{exc}\n") from None
-
-
 async def view_ws(request: web.Request) -> web.WebSocketResponse:
     """`GET /cameras/{camera}/ws`: newest frame now, then every new one; `?header=1` adds seq/time."""
     camera = camera_id(request)
     await request.app[AUTH].may_view(request, camera)
     require_websocket_13(request)
     wanted = variant(request)
-    require_resizer(request.app[RESIZER], wanted)
     settings = request.app[SETTINGS]
     hub = request.app[HUB]
     with_header = request.query.get("header", "0").lower() in ("1", "true", "yes")

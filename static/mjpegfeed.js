@@ -74,6 +74,11 @@ export class MjpegFeed {
     this.element.addEventListener('error', () => this.#end());
   }
 
+  /** Whether this stream is of a smaller size than the camera's own. */
+  get sized() {
+    return Boolean(this.#width);
+  }
+
   start() {
     this.#running = true;
     this.#abort = new AbortController();

@@ -138,8 +138,9 @@ export class Player extends EventTarget {
   setCameraInfo(camera) {
     // An open WebSocket hears of online changes first; the polled list may be older.
     if (!(this.mode === 'ws' && this.state === 'live')) this.#setOnline(camera.online);
-    // An <img> exposes only its first picture's size; the broker knows the current one.
-    if (this.mode === 'mjpeg' && camera.width && camera.height) {
+    // An <img> exposes only its first picture's size; the broker knows the current one
+    // (of the camera's full size: a stream of a smaller size keeps what its <img> said).
+    if (this.mode === 'mjpeg' && !this.#feed?.sized && camera.width && camera.height) {
       this.width = camera.width;
       this.height = camera.height;
     }

@@ -146,7 +146,8 @@ async def test_the_single_camera_view_is_full_size_on_its_own_socket(broker, vie
 
 async def test_mjpeg_fallback_keeps_within_the_connection_limit(broker, viewer, http, hd_frames):
     """With the grid socket refused, tiles fall back per tile: at most 4 MJPEG streams of
-    320-wide pictures (browsers allow about 6 connections), the other tiles poll snapshots."""
+    320-wide pictures (browsers allow about 6 connections), the other tiles poll snapshots;
+    the overlays keep the streams' size when the camera list says the cameras' own."""
     page = viewer.page
     viewer.allow_network_errors = True
 
@@ -154,6 +155,7 @@ async def test_mjpeg_fallback_keeps_within_the_connection_limit(broker, viewer, 
         await route.close()
 
     await page.route_web_socket(GRID_SOCKET, refuse)
+    await page.clock.install()  # a clock that still runs, to skip to the next camera list
     ids = CAMERAS[:6]
     async with cameras(http, broker, hd_frames, fps=5, ids=ids):
         await page.goto(broker.url("/"))
@@ -174,6 +176,13 @@ async def test_mjpeg_fallback_keeps_within_the_connection_limit(broker, viewer, 
         assert widths == [320] * 4
         streams = sum(broker.app[HUB].channel(camera).viewer_counts()["mjpeg"] for camera in ids)
         assert streams == 4
+        async with page.expect_response(lambda response: response.url.endswith("/api/cameras")):
+            await page.clock.fast_forward(5000)
+        await page.clock.run_for(1000)  # the overlays' next refresh
+        sizes = await page.eval_on_selector_all(
+            '.tile[data-mode="mjpeg"] [data-field="size"]', "spans => spans.map(s => s.textContent)"
+        )
+        assert sizes == ["320\N{MULTIPLICATION SIGN}180"] * 4
         await viewer.screenshot("grid-mjpeg.png")
 
 

@@ -15,6 +15,8 @@ import pytest
 
 from broker.app_keys import HUB
 from broker.jpeg import jpeg_dimensions
+from broker.share import ShareLinks
+from broker.state import load_signing_key
 
 from .access_support import GARDEN_TOKEN, basic, family_config
 from .conftest import make_jpeg, next_binary, publisher
@@ -121,6 +123,22 @@ async def test_a_refused_camera_gets_an_error_and_the_socket_stays_open(start_br
     assert (await client.frame(stream)).seq == 1
     assert broker.app[HUB].channel("door").viewer_count == 0
     assert not client.ws.closed
+
+
+async def test_a_share_link_watches_its_own_camera_on_the_socket(start_broker, http, tmp_path):
+    """`/ws?share=` (the page opened from a share link): its camera, and no other."""
+    broker = await start_broker(config=family_config(tmp_path))
+    for camera, token in (("garden", GARDEN_TOKEN), ("door", broker.token)):
+        headers = {"Authorization": f"Bearer {token}"}
+        url = broker.url(f"/cameras/{camera}/publish")
+        async with http.post(url, data=make_jpeg(), headers=headers) as response:
+            assert response.status == 204
+    share = ShareLinks(load_signing_key(broker.settings)).token("garden", time.time() + 600)
+    client = await MuxClient.connect(http, broker.ws_url("/ws"), params={"share": share})
+    stream = (await client.subscribe("garden"))["stream"]
+    assert (await client.frame(stream)).seq == 1
+    await client.send(type="subscribe", camera="door")
+    assert (await client.reply("error", "door"))["error"] == "you may not watch camera 'door'"
 
 
 async def test_bad_requests_get_errors_and_only_repeated_abuse_closes(start_broker, http):

@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace, jpegs: list[bytes], grid: bool) -> Row:
     token = secrets.token_urlsafe(16)
     context = multiprocessing.get_context("spawn")
     children: list[BaseProcess] = []
-    with pinned(BENCH_CORE), started("broker", cameras[0], token, SERVER_CORE) as server:
+    with pinned(BENCH_CORE), started("broker", cameras[0], token, SERVER_CORE, args.viewers) as server:
         try:
             targets = [Target(server.target.host, server.target.port, camera) for camera in cameras]
             publishers = [
@@ -97,9 +97,13 @@ def _run(args: argparse.Namespace, jpegs: list[bytes], grid: bool) -> Row:
             _, connected, failure = _expect(viewers, "ready")
             if connected < args.viewers:
                 raise BenchError(f"{args.viewers - connected} viewers could not connect: {failure}")
-            now = time.time()
+            now, now_ns = time.time(), time.monotonic_ns()
             start, end = now + args.warmup, now + args.warmup + args.duration
             viewers.send(("window", start, end))
+            # Full rate from the warm-up on (a frame a second until then), past the window's end.
+            publishing_ends = now_ns + round((args.warmup + args.duration + 1) * 1e9)
+            for conn in publishers:
+                conn.send(("window", now_ns, publishing_ends))
             time.sleep(max(0.0, start - time.time()))
             cpu_before, made_before = procstat.cpu_seconds(_pid(server)), _made(server, cameras)
             core_before = procstat.core_times(SERVER_CORE)

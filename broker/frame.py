@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from . import wire
 from .jpeg import jpeg_dimensions
+
+if TYPE_CHECKING:
+    from .variants import Variant
 
 __all__ = ["STREAM_HEADER", "VIEWER_HEADER", "Frame"]
 
@@ -33,13 +37,23 @@ class Frame:
         "received_mono",
         "seq",
         "snapshot_head",
+        "variant",
         "width",
     )
 
-    def __init__(self, camera: str, seq: int, jpeg: bytes, received_at: float, received_mono: float) -> None:
+    def __init__(
+        self,
+        camera: str,
+        seq: int,
+        jpeg: bytes,
+        received_at: float,
+        received_mono: float,
+        variant: Variant | None = None,
+    ) -> None:
         self.camera = camera
         self.seq = seq
         self.jpeg = jpeg
+        self.variant = variant  # the smaller size this is, of the camera's frame `seq`; None: the frame
         self.received_at = received_at  # wall clock, for people and Last-Modified
         self.received_mono = received_mono  # monotonic, for ages and rates
         self.width, self.height = jpeg_dimensions(jpeg) or (None, None)

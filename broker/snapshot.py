@@ -12,7 +12,7 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 from . import wire
 from .app_keys import AUTH, HUB, INSTANCE
 from .frame import Frame
-from .params import camera_id
+from .params import camera_id, variant
 
 __all__ = ["snapshot"]
 
@@ -21,9 +21,10 @@ _FIXED_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosnif
 
 
 async def snapshot(request: web.Request) -> web.StreamResponse:
-    """`GET /cameras/{camera}/snapshot.jpg`: 200 with the JPEG, 304, 404 never seen, 503 no frame yet."""
+    """`GET /cameras/{camera}/snapshot.jpg[?width=W]`: 200 with the JPEG, 304, 404, 503 no frame yet."""
     camera = camera_id(request)
     await request.app[AUTH].may_view(request, camera)
+    wanted = variant(request)
     channel = request.app[HUB].channel(camera)
     if channel is None or not channel.seen:
         raise web.HTTPNotFound(text=f"camera {camera!r} has never published\n")
@@ -33,6 +34,15 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
             text=f"camera {camera!r} has no frame yet\n",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
+    served = channel.resolve(wanted)
+    if served is not None:
+        # Made once per frame and size, shared with the size's viewers and other snapshots.
+        frame = await channel.variants.made_of(served, frame)
+        if frame is None:
+            raise web.HTTPServiceUnavailable(
+                text=f"camera {camera!r}: its newest frame cannot be made {served.width} px wide\n",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
     age = f"{max(0.0, time.monotonic() - frame.received_mono):.3f}"
     instance = request.app[INSTANCE]
     if _not_modified(request, _etag(instance, frame), _last_modified(frame)):
@@ -48,7 +58,9 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
 
 def _etag(instance: str, frame: Frame) -> str:
     # Sequence numbers restart with the broker: the per-run part keeps old ETags from matching.
-    return f"{instance}-{frame.camera}-{frame.seq}"
+    # A smaller size of the frame is another picture: its width and quality are part of its tag.
+    size = f"-w{frame.variant.width}q{frame.variant.quality}" if frame.variant is not None else ""
+    return f"{instance}-{frame.camera}-{frame.seq}{size}"
 
 
 def _last_modified(frame: Frame) -> int:

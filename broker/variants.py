@@ -108,6 +108,8 @@ class VariantFeed:
         self._pending: Frame | None = None
         self._no_signal: Frame | None = None
         self._no_signal_source: Frame | None = None
+        # Snapshots waiting for this variant of a source frame (its seq) to be made.
+        self._waiters: list[tuple[int, asyncio.Future[Frame | None]]] = []
 
     def source(self, frame: Frame) -> None:
         """Make this variant of `frame` next; while a job runs it waits, replaced by newer frames."""
@@ -128,6 +130,21 @@ class VariantFeed:
         if latest is None or not (self._followed or (source is not None and latest.seq == source.seq)):
             return None
         return latest
+
+    def made_of(self, source: Frame) -> asyncio.Future[Frame | None]:
+        """This variant of `source` (or of a newer frame): made already, or when its job ends.
+
+        Everyone who asks meanwhile waits for the same job. If it cannot be made, the
+        newest made before (an older frame), or None.
+        """
+        waiter: asyncio.Future[Frame | None] = asyncio.get_running_loop().create_future()
+        latest = self.latest
+        if latest is not None and latest.seq >= source.seq:
+            waiter.set_result(latest)
+        else:
+            self._waiters.append((source.seq, waiter))
+            self.source(source)
+        return waiter
 
     def unwatched(self) -> None:
         """The last viewer left: source frames are no longer made, so the newest made falls behind."""
@@ -153,9 +170,21 @@ class VariantFeed:
             now = time.monotonic()
             for viewer in self.viewers:
                 viewer.offer(frame, now)
+        if self._waiters:
+            self._answer_waiters(source.seq)
         pending, self._pending = self._pending, None
-        if pending is not None and self.viewers:
+        if pending is not None and (self.viewers or self._waiters):
             self.source(pending)
+
+    def _answer_waiters(self, seq: int) -> None:
+        """Snapshots waiting for frame `seq` or an older one get the newest made."""
+        waiting = []
+        for wanted, waiter in self._waiters:
+            if wanted > seq:
+                waiting.append((wanted, waiter))
+            elif not waiter.done():  # done: its request went away
+                waiter.set_result(self.latest)
+        self._waiters = waiting
 
     def _no_signal_made(self, source: Frame, job: asyncio.Future[bytes]) -> None:
         frame = self._result(source, job)
@@ -181,7 +210,9 @@ class VariantFeed:
                     extra={"camera": camera},
                 )
             return None
-        return Frame(source.camera, source.seq, job.result(), source.received_at, source.received_mono)
+        return Frame(
+            source.camera, source.seq, job.result(), source.received_at, source.received_mono, self.variant
+        )
 
 
 class Variants:
@@ -254,6 +285,10 @@ class Variants:
         """The newest frame made at `variant`: of the camera's newest frame, or a job behind it."""
         feed = self._feeds.get(variant)
         return None if feed is None else feed.newest(self._channel.latest)
+
+    def made_of(self, variant: Variant, source: Frame) -> asyncio.Future[Frame | None]:
+        """`variant` (resolved) of the camera's frame `source`, for a snapshot: see VariantFeed.made_of."""
+        return self._feeds[variant].made_of(source)
 
     def no_signal(self, variant: Variant, source: Frame) -> Frame | None:
         """`variant` of the no-signal picture `source`; None while it is being made."""

@@ -174,6 +174,15 @@ async def test_mjpeg_fallback_keeps_within_the_connection_limit(broker, viewer, 
         assert modes.count("mjpeg") == 4 and modes.count("snapshot") == 2, modes
         widths = await page.eval_on_selector_all(".tile .media img", "imgs => imgs.map(i => i.naturalWidth)")
         assert widths == [320] * 4
+
+        async def snapshots_drawn():
+            """both snapshot tiles drew a 320x180 picture (snapshot.jpg?width=)"""
+            polled = await page.eval_on_selector_all(
+                '.tile[data-mode="snapshot"] canvas', "canvases => canvases.map(c => [c.width, c.height])"
+            )
+            return polled == [[320, 180]] * 2
+
+        await eventually(snapshots_drawn)
         streams = sum(broker.app[HUB].channel(camera).viewer_counts()["mjpeg"] for camera in ids)
         assert streams == 4
         async with page.expect_response(lambda response: response.url.endswith("/api/cameras")):

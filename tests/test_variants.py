@@ -80,9 +80,10 @@ async def test_per_camera_routes_take_width(broker, http, route):
 async def test_bad_width_or_quality_is_400(broker, http, query):
     pub = await publisher(http, broker, "hd")
     await pub.send_bytes(make_jpeg())
-    async with http.get(broker.url(f"/cameras/hd/mjpeg?{query}")) as response:
-        assert response.status == 400
-        assert "width" in await response.text() or "quality" in await response.text()
+    for route in ("mjpeg", "snapshot.jpg"):
+        async with http.get(broker.url(f"/cameras/hd/{route}?{query}")) as response:
+            assert response.status == 400
+            assert "width" in await response.text() or "quality" in await response.text()
 
 
 async def test_each_variant_is_made_once_per_frame_whatever_the_number_of_viewers(broker, http):
@@ -216,12 +217,49 @@ async def test_without_pillow_a_width_is_answered_clearly(run_broker, http):
     headers = {"Authorization": "Bearer t0ken-for-this-test"}
     async with http.post(broker.url("/cameras/hd/publish"), data=make_jpeg(), headers=headers) as response:
         assert response.status == 204
-    async with http.get(broker.url("/cameras/hd/mjpeg?width=320")) as response:
-        assert response.status == 501
-        assert "Pillow" in await response.text()
+    for route in ("mjpeg", "snapshot.jpg"):
+        async with http.get(broker.url(f"/cameras/hd/{route}?width=320")) as response:
+            assert response.status == 501
+            assert "Pillow" in await response.text()
     client = await MuxClient.connect(http, broker.url("/ws"))
     await client.send(type="subscribe", camera="hd", width=320)
     assert "Pillow" in (await client.reply("error", "hd"))["error"]
     stream = (await client.subscribe("hd"))["stream"]
     assert (await client.frame(stream)).seq == 1
     await client.close()
+
+
+async def test_a_snapshot_of_a_size_is_made_once_and_has_its_own_etag(broker, http):
+    """`snapshot.jpg?width=320`: the 320-wide picture, with an ETag of its own (the width is
+    part of it) that gives 304 until the next frame; five requests at once make it once."""
+    pub = await publisher(http, broker, "hd")
+    await pub.send_bytes(make_jpeg(size=HD, noise=1))
+    url = broker.url("/cameras/hd/snapshot.jpg")
+    async with http.get(url) as response:
+        full_etag = response.headers["ETag"]
+    answers = await asyncio.gather(*(http.get(url, params={"width": "320"}) for _ in range(5)))
+    bodies = [await answer.read() for answer in answers]
+    etags = {answer.headers["ETag"] for answer in answers}
+    assert len(set(bodies)) == 1 and jpeg_dimensions(bodies[0]) == (320, 180)
+    assert len(etags) == 1 and etags != {full_etag}
+    (etag,) = etags
+    assert "w320q70" in etag and answers[0].headers["X-Frame-Seq"] == "1"
+    (feed,) = broker.app[HUB].channel("hd").variants.feeds()
+    assert feed.made == 1
+
+    async with http.get(url, params={"width": "320"}, headers={"If-None-Match": etag}) as response:
+        assert response.status == 304
+        assert response.headers["ETag"] == etag
+    async with http.get(url, params={"width": "640"}, headers={"If-None-Match": etag}) as response:
+        assert response.status == 200  # another size, another picture
+        assert jpeg_dimensions(await response.read()) == (640, 360)
+    await pub.send_bytes(make_jpeg(size=HD, noise=2))
+
+    async def next_frame() -> None:
+        while broker.app[HUB].channel("hd").latest.seq < 2:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(next_frame(), 5)
+    async with http.get(url, params={"width": "320"}, headers={"If-None-Match": etag}) as response:
+        assert response.status == 200
+        assert response.headers["X-Frame-Seq"] == "2" and response.headers["ETag"] != etag

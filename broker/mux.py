@@ -132,7 +132,7 @@ class MuxSession(ViewerSession):
                 raise BadRequest(f"a request may be at most {MAX_REQUEST} characters long")
             try:
                 request = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
                 raise BadRequest("not JSON: send a JSON object with a \"type\"") from None
             if not isinstance(request, dict) or not isinstance(request.get("type"), str):
                 raise BadRequest("not a JSON object with a string \"type\"")

@@ -76,7 +76,7 @@ def _integer(name: str, value: object) -> int:
         raise ValueError(f"{name}={value!r} is invalid: expected a whole number")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit() and len(value) <= 6:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 6:
         return int(value)
     shown = str(value)[:20]
     raise ValueError(f"{name}={shown!r} is invalid: expected a whole number")

@@ -144,7 +144,7 @@ async def test_a_share_link_watches_its_own_camera_on_the_socket(start_broker, h
 async def test_bad_requests_get_errors_and_only_repeated_abuse_closes(start_broker, http):
     """Malformed, unknown and binary messages each get a JSON error; the socket closes (1008)
     only at --max-bad-messages, never on the first."""
-    broker = await start_broker(max_bad_messages=6)
+    broker = await start_broker(max_bad_messages=7)
     client = await MuxClient.connect(http, broker.ws_url("/ws"))
     bad = [
         "not json",
@@ -152,12 +152,13 @@ async def test_bad_requests_get_errors_and_only_repeated_abuse_closes(start_brok
         json.dumps({"type": "dance"}),
         json.dumps({"type": "subscribe", "camera": "../etc"}),
         json.dumps({"type": "subscribe", "camera": "garden", "width": "wide"}),
+        "[" * 4000,  # nested deeper than the parser goes
     ]
     for text in bad:
         await client.ws.send_str(text)
         error = await client.reply("error")
         assert error["error"]
-    # Still usable after five bad requests.
+    # Still usable after six bad requests.
     assert (await client.subscribe("garden", width=320))["width"] == 320
     await client.ws.send_bytes(b"\x00\x01")
     assert "binary" in (await client.reply("error"))["error"]

@@ -70,6 +70,11 @@ Clients copy every byte they receive into user space, as a browser does. --msg-t
 discards the JPEG bytes in the kernel instead: the bench then needs far less CPU, but the
 server's receive-side work shrinks too and its CPU per item reads lower than with real
 viewers (25 to 50 % lower per frame in our runs). Use it only when the bench is the limit.
+
+Other benchmarks, each with its own --help: python -m bench.grid (16 cameras to grid
+viewers on /ws at a smaller size, against full-size viewers of one camera),
+python -m bench.variant_cost (CPU to make each smaller size, against cv2.imencode) and
+python -m bench.agent_cpu (the camera agent's CPU per frame).
 """
 
 

@@ -149,7 +149,10 @@ def table(rows: Iterable[Row]) -> str:
     """The rows as one Markdown table."""
     rows = list(rows)
     header = list(_HEADER)
-    tls_at = header.index("vs ideal") + 1 if any(row.ratio_vs_tcp is not None for row in rows) else None
+    # With a TLS row the column is there even when its ratio could not be measured (a run too
+    # short for the CPU clock's 10 ms ticks): "-" then, rather than a table of another shape.
+    with_tls = any(row.ratio_vs_tcp is not None or row.server.endswith("(TLS)") for row in rows)
+    tls_at = header.index("vs ideal") + 1 if with_tls else None
     if tls_at is not None:
         header.insert(tls_at, _TLS_COLUMN)
     lines = [

@@ -51,6 +51,7 @@ async def camera_detail(request: web.Request) -> web.Response:
     detail["viewer_list"] = [
         {
             "kind": viewer.kind,
+            "width": viewer.variant.width if viewer.variant is not None else None,
             "address": viewer.peer if show_addresses else None,
             "connected_since": round(viewer.connected_at, 3),
             "frames_written": viewer.frames_written,
@@ -58,6 +59,17 @@ async def camera_detail(request: web.Request) -> web.Response:
             "lag_frames": max(0, newest - viewer.last_seq) if viewer.last_seq else None,
         }
         for viewer in sorted(channel.viewers, key=lambda v: v.connected_at)
+    ]
+    detail["variants"] = [
+        {
+            "width": feed.variant.width,
+            "quality": feed.variant.quality,
+            "viewers": len(feed.viewers),
+            "frames_made": feed.made,
+            "frames_skipped": feed.skipped,
+            "frames_failed": feed.failed,
+        }
+        for feed in channel.variants.feeds()
     ]
     return web.json_response(detail, headers={"Cache-Control": "no-store"})
 

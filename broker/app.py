@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .access import AccessPolicy
-from .app_keys import AUTH, BOUNDARY, CLUSTER, HUB, LIMITS, METRICS, SETTINGS
+from .app_keys import AUTH, BOUNDARY, CLUSTER, HUB, LIMITS, METRICS, RESIZER, SETTINGS
 from .auth import Authenticator
 from .config import ConfigError, Settings, settings_from_env
 from .configfile import read_access
@@ -20,6 +20,7 @@ from .guard import guard_middleware
 from .hub import Hub
 from .limits import Limits
 from .metrics import Metrics, Rejections
+from .resize import Resizer
 from .routes import setup_routes
 from .sessions import Sessions
 from .share import ShareLinks
@@ -85,7 +86,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     )
     app[LIMITS] = Limits(settings, exempt=settings.trusted_proxies, rejections=rejections)
     app[METRICS] = Metrics(lambda: app[HUB].cameras(), lambda: app[LIMITS].connections, rejections)
-    app[HUB] = Hub(settings, fan_out_took=app[METRICS].fan_out.observe)
+    app[RESIZER] = Resizer(settings.resize_threads)
+    app[HUB] = Hub(settings, fan_out_took=app[METRICS].fan_out.observe, resizer=app[RESIZER])
     if settings.redis:
         app[CLUSTER] = _cluster_node(settings, app[HUB], sessions)
         app.cleanup_ctx.append(_cluster)
@@ -120,6 +122,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+    await app[RESIZER].close()
 
 
 async def _close_connections(app: web.Application) -> None:

@@ -11,11 +11,12 @@ from .config import Settings
 from .hub import Hub
 from .limits import Limits
 from .metrics import Metrics
+from .resize import Resizer
 
 if TYPE_CHECKING:  # only a node of a cluster loads the cluster package (and redis-py)
     from .cluster.node import ClusterNode
 
-__all__ = ["AUTH", "BOUNDARY", "CLUSTER", "HUB", "LIMITS", "METRICS", "SETTINGS"]
+__all__ = ["AUTH", "BOUNDARY", "CLUSTER", "HUB", "LIMITS", "METRICS", "RESIZER", "SETTINGS"]
 
 SETTINGS = web.AppKey("settings", Settings)
 HUB = web.AppKey("hub", Hub)
@@ -23,6 +24,8 @@ HUB = web.AppKey("hub", Hub)
 AUTH = web.AppKey("auth", Authenticator)
 # Caps on connections and viewers.
 LIMITS = web.AppKey("limits", Limits)
+# The threads that make smaller sizes of frames (?width=), shared by every camera.
+RESIZER = web.AppKey("resizer", Resizer)
 # The Prometheus registry behind /metrics.
 METRICS = web.AppKey("metrics", Metrics)
 # The MJPEG multipart boundary, random per broker, shared by every stream so parts are built once.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from . import wire
 from .frame import Frame
+from .variants import Sizes, Variant, Variants
 
 __all__ = ["Channel", "Publisher", "Viewer"]
 
@@ -30,6 +31,7 @@ class Viewer(Protocol):
     """What a channel needs from a viewer; how it encodes frames and shows state is its own business."""
 
     kind: str  # for counting only ("ws", "mjpeg")
+    variant: Variant | None  # the smaller size it watches; None: full size
     needs_tick: bool  # tick() wanted on every sweep (MJPEG keep-alives)
     peer: str
     connected_at: float  # Unix time
@@ -65,9 +67,17 @@ class Channel:
     """
 
     def __init__(
-        self, camera: str, *, offline_after: float, fan_out_took: Callable[[float], None] | None = None
+        self,
+        camera: str,
+        *,
+        offline_after: float,
+        fan_out_took: Callable[[float], None] | None = None,
+        sizes: Sizes,
     ) -> None:
         self.camera = camera
+        # Names the full-size frames in /ws frame headers; each variant has its own.
+        self.stream = sizes.next_stream()
+        self.variants = Variants(self, sizes)
         self.latest: Frame | None = None
         self.publisher: Publisher | None = None
         # A camera fed by POSTs is held by the address that posts, until it pauses.
@@ -86,6 +96,7 @@ class Channel:
         self.bytes_per_second = 0.0
         self._offline_after = offline_after
         self._viewers: set[Viewer] = set()
+        self._full_size: set[Viewer] = set()  # the others are fed by self.variants
         self._ticking: set[Viewer] = set()
         # Frames written and skipped by viewers that have left; those present count their own.
         self.departed_sent = 0
@@ -183,9 +194,35 @@ class Channel:
             counts[viewer.kind] = counts.get(viewer.kind, 0) + 1
         return counts
 
+    def resolve(self, wanted: Variant | None) -> Variant | None:
+        """The variant that will serve a viewer asking for `wanted` (None: full size).
+
+        Call it right before `add_viewer`, with no await in between. Raises
+        ResizeUnavailable when a smaller size is asked for and none can be made.
+        """
+        return None if wanted is None else self.variants.resolve(wanted)
+
+    def stream_of(self, variant: Variant | None) -> int:
+        """The stream number naming `variant` of this camera (resolved) in /ws frame headers."""
+        return self.stream if variant is None else self.variants.stream(variant)
+
+    def newest(self, variant: Variant | None) -> Frame | None:
+        """The newest frame at `variant` (None: full size); a variant's once it is made."""
+        return self.latest if variant is None else self.variants.newest(variant)
+
+    def no_signal_at(self, variant: Variant | None) -> Frame | None:
+        """The no-signal picture at `variant`, while the camera is offline (a variant's once made)."""
+        if variant is None or self._no_signal is None:
+            return self._no_signal
+        return self.variants.no_signal(variant, self._no_signal)
+
     def add_viewer(self, viewer: Viewer) -> None:
         """Start feeding `viewer`: whatever it shows first, then its picture."""
         self._viewers.add(viewer)
+        if viewer.variant is None:
+            self._full_size.add(viewer)
+        else:
+            self.variants.add(viewer, viewer.variant)
         if viewer.needs_tick:
             self._ticking.add(viewer)
         self.last_active = time.monotonic()
@@ -203,7 +240,10 @@ class Channel:
             self.departed_sent += viewer.frames_written
             self.departed_skipped += viewer.frames_skipped
         self._viewers.discard(viewer)
+        self._full_size.discard(viewer)
         self._ticking.discard(viewer)
+        if viewer.variant is not None:
+            self.variants.remove(viewer, viewer.variant)
         self.last_active = time.monotonic()
         if not self._viewers:
             self._tell_publisher()
@@ -219,11 +259,6 @@ class Channel:
     def status_since(self) -> float:
         """Unix time of the last online/offline change."""
         return self._status_since
-
-    @property
-    def no_signal(self) -> Frame | None:
-        """The picture MJPEG viewers see while the camera is offline."""
-        return self._no_signal
 
     def expected_online(self, now: float) -> bool:
         """Online: a recent frame, or a publisher that owes none (no viewers, or just asked)."""
@@ -254,9 +289,14 @@ class Channel:
     def show_no_signal(self, frame: Frame) -> None:
         """Keep `frame` as the picture of an offline camera, for viewers that show pictures only."""
         self._no_signal = frame
+        self.refresh_pictures(self._ticking)
+
+    def refresh_pictures(self, viewers: Iterable[Viewer]) -> None:
+        """Viewers that show pictures only show theirs again now, not after the next quiet interval."""
         now = time.monotonic()
-        for viewer in self._ticking:
-            viewer.tick(self, now, 0.0)  # at once, not after the next quiet interval
+        for viewer in viewers:
+            if viewer.needs_tick:
+                viewer.tick(self, now, 0.0)
 
     def keep_alive(self, now: float, interval: float) -> None:
         """Let viewers that need it repeat their picture after `interval` quiet seconds.
@@ -282,8 +322,10 @@ class Channel:
         frame = self.latest
         assert frame is not None  # publish() sets it before scheduling this
         now = time.monotonic()
-        for viewer in self._viewers:
+        for viewer in self._full_size:
             viewer.offer(frame, now)
+        if self.variants:
+            self.variants.source(frame)  # made in threads; offered to their viewers when done
         if self._fan_out_took is not None:
             # Once per frame: from the frame's arrival until every viewer has been offered it.
             self._fan_out_took(time.monotonic() - frame.received_mono)

@@ -202,6 +202,30 @@ class Settings:
             "limits",
         ),
     )
+    max_subscriptions: int = field(
+        default=64,
+        metadata=_help("most cameras one viewer socket (GET /ws) may subscribe to at once", "limits"),
+    )
+    max_bad_messages: int = field(
+        default=20,
+        metadata=_help(
+            "a viewer socket (GET /ws) is closed (1008) after this many malformed, unknown or refused "
+            "messages; each one before that gets a JSON error",
+            "limits",
+        ),
+    )
+    max_variants_per_camera: int = field(
+        default=4,
+        metadata=_help(
+            "most smaller sizes (?width=) of one camera made at once; past it a request gets the "
+            "live size nearest to the one it asked for",
+            "limits",
+        ),
+    )
+    resize_threads: int = field(
+        default=2,
+        metadata=_help("threads that make the smaller sizes of frames (off the event loop)", "limits"),
+    )
     viewer_sndbuf: int = field(
         default=128 * 1024,
         metadata=_help(
@@ -317,6 +341,10 @@ class Settings:
             "max_viewers_per_camera",
             "max_connections_per_ip",
             "max_waiting_viewers",
+            "max_subscriptions",
+            "max_bad_messages",
+            "max_variants_per_camera",
+            "resize_threads",
         ):
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         _check(self.descriptor_reserve >= 16, "descriptor_reserve", self.descriptor_reserve, ">= 16")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,8 @@ from typing import Protocol
 from .channel import Channel
 from .config import Settings
 from .nosignal import render_no_signal
+from .resize import Resizer
+from .variants import Sizes
 
 __all__ = ["Connection", "Hub", "TooManyCameras"]
 
@@ -32,9 +35,21 @@ class Connection(Protocol):
 class Hub:
     """Maps camera ids to channels, keeps their online state fresh, and closes everything on exit."""
 
-    def __init__(self, settings: Settings, fan_out_took: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        fan_out_took: Callable[[float], None] | None = None,
+        *,
+        resizer: Resizer,
+    ) -> None:
         self._settings = settings
         self._fan_out_took = fan_out_took
+        streams = itertools.count(1)
+        self._sizes = Sizes(
+            resizer,
+            settings.max_variants_per_camera,
+            lambda: next(streams) & 0xFFFFFFFF,  # a 32-bit field in /ws frame headers
+        )
         self._channels: dict[str, Channel] = {}
         self._connections: set[Connection] = set()
 
@@ -74,7 +89,12 @@ class Hub:
             del self._channels[channel.camera]
 
     def _new_channel(self, camera: str) -> Channel:
-        return Channel(camera, offline_after=self._settings.offline_after, fan_out_took=self._fan_out_took)
+        return Channel(
+            camera,
+            offline_after=self._settings.offline_after,
+            fan_out_took=self._fan_out_took,
+            sizes=self._sizes,
+        )
 
     def cameras(self) -> list[Channel]:
         """Cameras that have had a publisher, sorted by id."""

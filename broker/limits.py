@@ -70,12 +70,12 @@ class Limits:
     # -- viewers ---------------------------------------------------------------------
 
     def admit_viewer(
-        self, client: Client, camera: str, camera_viewers: int, waiting: int | None
+        self, client: Client, camera: str | None, camera_viewers: int = 0, waiting: int | None = None
     ) -> ViewerTicket:
         """Count a new viewer of `camera`, or raise 429/503; the ticket undoes the count.
 
-        `waiting`: None for a camera that has published, else how many viewers wait for
-        cameras that never have.
+        `camera` None: a viewer socket that subscribes to cameras later (GET /ws), each
+        subscription checked with `check_camera`.
         """
         settings = self._settings
         address = client.address
@@ -90,17 +90,8 @@ class Limits:
             self._refuse("viewers", f"the broker is full (max_viewers={settings.max_viewers})")
         if self._descriptors_left() < 2 + settings.descriptor_reserve:
             self._refuse("descriptors", "the broker is full (it is close to its limit of open files)")
-        if camera_viewers >= settings.max_viewers_per_camera:
-            self._refuse(
-                "viewers_per_camera",
-                f"camera {camera!r} is full (max_viewers_per_camera={settings.max_viewers_per_camera})",
-            )
-        if waiting is not None and waiting >= settings.max_waiting_viewers:
-            self._refuse(
-                "waiting_viewers",
-                f"too many viewers wait for cameras that never published (max_waiting_viewers="
-                f"{settings.max_waiting_viewers})",
-            )
+        if camera is not None:
+            self.check_camera(camera, camera_viewers, waiting)
         self.viewers += 1
         if limited:
             self._viewers_per_address[address] += 1
@@ -118,6 +109,25 @@ class Limits:
                     del self._viewers_per_address[address]
 
         return release
+
+    def check_camera(self, camera: str, camera_viewers: int, waiting: int | None) -> None:
+        """Raise 503 if `camera` has no room for one more viewer.
+
+        `waiting`: None for a camera that has published, else how many viewers wait for
+        cameras that never have.
+        """
+        settings = self._settings
+        if camera_viewers >= settings.max_viewers_per_camera:
+            self._refuse(
+                "viewers_per_camera",
+                f"camera {camera!r} is full (max_viewers_per_camera={settings.max_viewers_per_camera})",
+            )
+        if waiting is not None and waiting >= settings.max_waiting_viewers:
+            self._refuse(
+                "waiting_viewers",
+                f"too many viewers wait for cameras that never published (max_waiting_viewers="
+                f"{settings.max_waiting_viewers})",
+            )
 
     # -- connections -----------------------------------------------------------------
 

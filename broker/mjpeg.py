@@ -11,7 +11,8 @@ from .app_keys import AUTH, BOUNDARY, HUB, LIMITS, SETTINGS
 from .channel import Channel
 from .clients import client_of
 from .frame import Frame
-from .params import camera_id, peer
+from .params import camera_id, peer, variant
+from .variants import Variant
 from .writer import FrameWriter
 
 __all__ = ["MjpegSession", "view_mjpeg"]
@@ -28,10 +29,10 @@ class MjpegWriter(FrameWriter):
     needs_tick = True
 
     def picture(self, channel: Channel) -> Frame | None:
-        """The no-signal picture while the camera is offline, else the newest frame."""
-        if not channel.online and channel.no_signal is not None:
-            return channel.no_signal
-        return channel.latest
+        """The no-signal picture while the camera is offline, else the newest frame (at its size)."""
+        if not channel.online and (no_signal := channel.no_signal_at(self.variant)) is not None:
+            return no_signal
+        return channel.newest(self.variant)
 
     def tick(self, channel: Channel, now: float, interval: float) -> None:
         """Repeat the picture after `interval` quiet seconds: proxies and players drop silent streams."""
@@ -68,18 +69,21 @@ async def view_mjpeg(request: web.Request) -> web.StreamResponse:
     camera = camera_id(request)
     await request.app[AUTH].may_view(request, camera)
     fps = _fps_cap(request)
+    wanted = variant(request)
     hub = request.app[HUB]
     channel = hub.channel(camera)
     if channel is None or not channel.seen:
         raise web.HTTPNotFound(text=f"camera {camera!r} has never published\n")
     ticket = request.app[LIMITS].admit_viewer(client_of(request), camera, channel.viewer_count, None)
     try:
-        return await _stream(request, channel, fps)
+        return await _stream(request, channel, fps, wanted)
     finally:
         ticket()
 
 
-async def _stream(request: web.Request, channel: Channel, fps: float) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, channel: Channel, fps: float, wanted: Variant | None
+) -> web.StreamResponse:
     camera = channel.camera
     settings = request.app[SETTINGS]
     boundary = request.app[BOUNDARY]
@@ -113,6 +117,7 @@ async def _stream(request: web.Request, channel: Channel, fps: float) -> web.Str
         send_timeout=settings.viewer_send_timeout,
         sndbuf=settings.viewer_sndbuf,
         min_interval=1.0 / fps if fps else 0.0,
+        variant=channel.resolve(wanted),  # no await from here to add_viewer
     )
     session = MjpegSession(writer)
     context = {"camera": camera, "peer": writer.peer}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .app_keys import HUB, SETTINGS
+from .app_keys import HUB, RESIZER, SETTINGS
 from .clients import client_of
 from .config import CAMERA_ID
+from .resize import ResizeUnavailable
+from .variants import Variant
 
-__all__ = ["CAMERA_ID", "camera_id", "default_camera", "peer", "require_websocket_13"]
+__all__ = ["CAMERA_ID", "camera_id", "default_camera", "peer", "require_websocket_13", "variant"]
 
 
 def camera_id(request: web.Request) -> str:
@@ -58,3 +60,20 @@ def require_websocket_13(request: web.Request) -> None:
             text="only WebSocket version 13 (RFC 6455) is supported\n",
             headers={"Sec-WebSocket-Version": "13"},
         )
+
+
+def variant(request: web.Request) -> Variant | None:
+    """The smaller size `?width=W[&quality=Q]` asks for, snapped to the fixed set; None: full size.
+
+    400 for a width or quality that is not a whole number in range; 501 when this broker
+    cannot make smaller sizes (no Pillow).
+    """
+    try:
+        wanted = Variant.parse(request.query.get("width"), request.query.get("quality"))
+        if wanted is not None:
+            request.app[RESIZER].require()
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    except ResizeUnavailable as exc:
+        raise web.HTTPNotImplemented(text=f"{exc}\n") from None
+    return wanted

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, compat, ingest, mjpeg, signin, snapshot, viewer
+from . import api, compat, ingest, mjpeg, mux, signin, snapshot, viewer
 from .app_keys import AUTH
 from .share import QUERY_PARAM
 
@@ -20,6 +20,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     app.router.add_get("/cameras/{camera}/ws", viewer.view_ws)
     app.router.add_get("/cameras/{camera}/snapshot.jpg", snapshot.snapshot)
     app.router.add_get("/cameras/{camera}/mjpeg", mjpeg.view_mjpeg)
+    app.router.add_get("/ws", mux.view_mux)
     app.router.add_get("/api/cameras", api.cameras)
     app.router.add_get("/api/cameras/{camera}", api.camera_detail)
     app.router.add_get("/metrics", api.metrics)

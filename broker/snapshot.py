@@ -12,7 +12,7 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 from . import wire
 from .app_keys import AUTH, CLUSTER, HUB
 from .frame import Frame
-from .params import camera_id
+from .params import camera_id, variant
 
 __all__ = ["snapshot"]
 
@@ -21,9 +21,10 @@ _FIXED_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosnif
 
 
 async def snapshot(request: web.Request) -> web.StreamResponse:
-    """`GET /cameras/{camera}/snapshot.jpg`: 200 with the JPEG, 304, 404 never seen, 503 no frame yet."""
+    """`GET /cameras/{camera}/snapshot.jpg[?width=W]`: 200 with the JPEG, 304, 404, 503 no frame yet."""
     camera = camera_id(request)
     await request.app[AUTH].may_view(request, camera)
+    wanted = variant(request)
     channel = request.app[HUB].channel(camera)
     if channel is None or not channel.seen:
         raise web.HTTPNotFound(text=f"camera {camera!r} has never published\n")
@@ -34,6 +35,15 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
             text=f"camera {camera!r} has no frame yet\n",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
+    served = channel.resolve(wanted)
+    if served is not None:
+        # Made once per frame and size, shared with the size's viewers and other snapshots.
+        frame = await channel.variants.made_of(served, frame)
+        if frame is None:
+            raise web.HTTPServiceUnavailable(
+                text=f"camera {camera!r}: its newest frame cannot be made {served.width} px wide\n",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
     age = f"{max(0.0, time.monotonic() - frame.received_mono):.3f}"
     if _not_modified(request, _etag(frame), _last_modified(frame)):
         return _answer(frame, age, status=304)
@@ -48,8 +58,10 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
 
 def _etag(frame: Frame) -> str:
     # The receive time tells a restarted camera's frame 1 from the last one's, and is carried
-    # across Redis unchanged, so every node of a cluster gives a frame the same ETag.
-    return f"{frame.camera}-{frame.seq}-{int(frame.received_at * 1e6):x}"
+    # across Redis unchanged, so every node of a cluster gives a frame the same ETag. A
+    # smaller size of the frame is another picture: its width and quality are in its tag.
+    size = f"-w{frame.variant.width}q{frame.variant.quality}" if frame.variant is not None else ""
+    return f"{frame.camera}-{frame.seq}-{int(frame.received_at * 1e6):x}{size}"
 
 
 def _last_modified(frame: Frame) -> int:

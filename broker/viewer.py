@@ -13,9 +13,10 @@ from .app_keys import AUTH, HUB, LIMITS, SETTINGS
 from .channel import Channel
 from .clients import client_of
 from .frame import Frame
-from .params import camera_id, peer, require_websocket_13
+from .params import camera_id, peer, require_websocket_13, variant
+from .variants import Variant
 from .websocket import StrictWebSocket
-from .writer import FrameWriter
+from .writer import FrameWriter, SocketWriter
 
 __all__ = ["ViewerSession", "view_ws"]
 
@@ -56,7 +57,7 @@ class ViewerWebSocket(StrictWebSocket):
     the close frame without a check on every write.
     """
 
-    writer: WebSocketWriter | None = None
+    writer: SocketWriter | None = None
 
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
         """Stop the frame writer, then close as aiohttp does."""
@@ -68,7 +69,7 @@ class ViewerWebSocket(StrictWebSocket):
 class ViewerSession:
     """One browser (or other client) watching one camera over WebSocket."""
 
-    def __init__(self, ws: web.WebSocketResponse, writer: WebSocketWriter) -> None:
+    def __init__(self, ws: web.WebSocketResponse, writer: SocketWriter) -> None:
         self.ws = ws
         self.writer = writer
         self.closing: asyncio.Future[None] | None = None
@@ -96,6 +97,7 @@ async def view_ws(request: web.Request) -> web.WebSocketResponse:
     camera = camera_id(request)
     await request.app[AUTH].may_view(request, camera)
     require_websocket_13(request)
+    wanted = variant(request)
     settings = request.app[SETTINGS]
     hub = request.app[HUB]
     with_header = request.query.get("header", "0").lower() in ("1", "true", "yes")
@@ -116,14 +118,14 @@ async def view_ws(request: web.Request) -> web.WebSocketResponse:
         hub.release(channel)
         raise
     try:
-        return await _serve(request, ws, channel, with_header)
+        return await _serve(request, ws, channel, with_header, wanted)
     finally:
         ticket()
         hub.release(channel)
 
 
 async def _serve(
-    request: web.Request, ws: ViewerWebSocket, channel: Channel, with_header: bool
+    request: web.Request, ws: ViewerWebSocket, channel: Channel, with_header: bool, wanted: Variant | None
 ) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
     camera = channel.camera
@@ -137,6 +139,7 @@ async def _serve(
         peer=peer(request),
         send_timeout=settings.viewer_send_timeout,
         sndbuf=settings.viewer_sndbuf,
+        variant=channel.resolve(wanted),  # no await from here to add_viewer
     )
     ws.writer = writer
     session = ViewerSession(ws, writer)

@@ -1,4 +1,4 @@
-"""One viewer's socket: shared frame bytes go straight out while it keeps up; the newest waits otherwise."""
+"""A viewer's socket: shared frame bytes go straight out while it keeps up; the newest waits otherwise."""
 
 from __future__ import annotations
 
@@ -15,45 +15,33 @@ from .frame import Frame
 
 if TYPE_CHECKING:
     from .channel import Channel
+    from .variants import Variant
 
-__all__ = ["FrameWriter"]
+__all__ = ["FrameWriter", "SocketWriter"]
 
 log = logging.getLogger(__name__)
 
 _monotonic = time.monotonic
 
 
-class FrameWriter:
-    """Writes prebuilt frame bytes to one viewer's transport; newest frame wins while it is busy.
+class SocketWriter:
+    """What every viewer socket shares: our own descriptor to send() on, drain waits, the send timeout.
 
-    `offer()` is synchronous and never awaits: a channel calls it for every viewer
-    when a frame arrives. A viewer whose socket took the previous frame completely
-    gets the new one written at once, with no task switch. Otherwise the frame is
-    parked in a one-frame slot (a newer frame replaces it) and a flush task waits
-    for the socket to drain. So a viewer holds at most one unsent frame beyond the
-    kernel's send buffer, and one that accepts nothing for `send_timeout` seconds
-    is aborted. Text messages (state changes) have a slot of their own and go first.
+    Subclasses keep what waits to be written and say what goes next; `_flush()` writes it
+    each time the socket has taken everything before, and aborts a socket that accepts
+    nothing for `send_timeout` seconds.
     """
 
-    # offer() runs once per viewer per frame: slots keep the state it touches compact.
     __slots__ = (
         "_closed",
-        "_encode",
         "_flusher",
-        "_last_write",
-        "_min_interval",
         "_open",
-        "_pending",
-        "_pending_text",
         "_send_timeout",
         "_sock",
         "_stream",
         "_transport",
         "connected_at",
-        "frames_skipped",
-        "frames_written",
         "kind",
-        "last_seq",
         "peer",
     )
 
@@ -61,57 +49,25 @@ class FrameWriter:
         self,
         transport: asyncio.Transport,
         stream: AbstractStreamWriter,
-        encode: Callable[[Frame], bytes],
         *,
         kind: str,
         peer: str,
         send_timeout: float,
         sndbuf: int,
-        min_interval: float = 0.0,
     ) -> None:
         self.kind = kind
         self.peer = peer
         self._transport = transport
         self._stream = stream
-        self._encode = encode
         self._send_timeout = send_timeout
-        self._min_interval = min_interval
         self._open = True
-        self._pending: Frame | None = None
-        self._pending_text: bytes | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._last_write = float("-inf")
         self._closed = asyncio.get_running_loop().create_future()
-        self.frames_written = 0
-        self.frames_skipped = 0
-        self.last_seq = 0  # sequence number of the last frame written: lag = newest - this
         self.connected_at = time.time()
         # Pause the protocol as soon as anything is left unsent, and resume only when
         # all of it has gone to the kernel: the drain wait then means "ready for the next frame".
         transport.set_write_buffer_limits(high=0, low=0)
         self._sock = _own_socket(transport, sndbuf, peer)
-
-    # -- what the channel asks of a viewer (broker.channel.Viewer); subclasses differ here
-
-    needs_tick = False
-
-    def picture(self, channel: Channel) -> Frame | None:
-        """The newest frame: what a viewer shows unless it says otherwise."""
-        return channel.latest
-
-    def joined(self, channel: Channel) -> None:
-        """Nothing precedes the first picture."""
-
-    def status_changed(self, channel: Channel) -> None:
-        """State changes show in the pictures themselves."""
-
-    def tick(self, channel: Channel, now: float, interval: float) -> None:
-        """Nothing to repeat."""
-
-    @property
-    def last_write_mono(self) -> float:
-        """Monotonic time of the last frame written (-inf before the first)."""
-        return self._last_write
 
     @property
     def closed(self) -> bool:
@@ -122,59 +78,6 @@ class FrameWriter:
         """Wait until the writer stops."""
         await asyncio.shield(self._closed)
 
-    def offer(self, frame: Frame, now: float) -> None:
-        """Send `frame` now if the socket has room, else keep it as the newest pending frame.
-
-        `now` is the monotonic time, read once by the caller for all its viewers.
-        """
-        transport = self._transport
-        if (
-            self._flusher is None
-            and self._open
-            and not transport.get_write_buffer_size()
-            and not transport.is_closing()
-            and (not self._min_interval or self._rate_allows(now))
-        ):
-            # The hot path: one call per viewer per frame, so no further calls here.
-            data = self._encode(frame)
-            sock = self._sock
-            if sock is None:
-                transport.write(data)
-            else:
-                # send() on our own descriptor of the socket costs less than the
-                # transport's write() path; whatever the kernel does not take goes to
-                # the (empty) transport buffer, so the byte order is kept.
-                try:
-                    sent = sock.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    # The peer is gone; the transport sees it too and the handler ends.
-                    self.close()
-                    return
-                if sent < len(data):
-                    transport.write(memoryview(data)[sent:])
-            self._last_write = now
-            self.frames_written += 1
-            self.last_seq = frame.seq
-            return
-        if not self._open:
-            return
-        if self._pending is not None:
-            self.frames_skipped += 1
-        self._pending = frame
-        self._start_flush()
-
-    def offer_text(self, message: bytes) -> None:
-        """Send a prebuilt text message; while busy only the newest one is kept."""
-        if not self._open:
-            return
-        if self._flusher is None and not self._transport.get_write_buffer_size():
-            self._write(message)
-        else:
-            self._pending_text = message
-            self._start_flush()
-
     def close(self) -> None:
         """Stop writing; bytes already handed to the transport still go out."""
         self._open = False
@@ -184,8 +87,7 @@ class FrameWriter:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
-        self._pending = None
-        self._pending_text = None
+        self._drop_pending()
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -197,7 +99,58 @@ class FrameWriter:
         self.close()
         self._transport.abort()
 
+    # -- what subclasses provide ---------------------------------------------------
+
+    def _has_pending(self) -> bool:
+        raise NotImplementedError
+
+    def _write_next(self) -> None:
+        """Write what comes next; called when the socket has taken everything before."""
+        raise NotImplementedError
+
+    def _drop_pending(self) -> None:
+        raise NotImplementedError
+
     # -- internals -----------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        """Write `data` now; only when nothing waits and the transport's buffer is empty.
+
+        send() on our own descriptor of the socket costs less than the transport's
+        write() path; whatever the kernel does not take goes to the (empty) transport
+        buffer, so the byte order is kept.
+        """
+        sock = self._sock
+        if sock is None:
+            self._transport.write(data)
+            return
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # The peer is gone; the transport sees it too and the handler ends.
+            self.close()
+            return
+        if sent < len(data):
+            self._transport.write(memoryview(data)[sent:])
+
+    def _may_send_now(self) -> bool:
+        """Nothing waits and the socket took everything before: `_send()` may write at once."""
+        transport = self._transport
+        return (
+            self._flusher is None
+            and self._open
+            and not transport.get_write_buffer_size()
+            and not transport.is_closing()
+        )
+
+    def _write_if_idle(self, message: bytes) -> bool:
+        """Write `message` at once if nothing waits before it; False if it has to wait its turn."""
+        if self._flusher is None and not self._transport.get_write_buffer_size():
+            self._write(message)
+            return True
+        return False
 
     def _write(self, data: bytes) -> None:
         if self._transport.is_closing():
@@ -211,21 +164,11 @@ class FrameWriter:
 
     async def _flush(self) -> None:
         try:
-            while (self._pending is not None or self._pending_text is not None) and self._open:
+            while self._has_pending() and self._open:
                 await self._wait_ready()
                 if self._transport.is_closing():
                     break
-                text, self._pending_text = self._pending_text, None
-                if text is not None:
-                    self._write(text)
-                frame = self._pending
-                now = _monotonic()
-                if frame is not None and self._rate_allows(now):
-                    self._pending = None
-                    self._write(self._encode(frame))
-                    self._last_write = now
-                    self.frames_written += 1
-                    self.last_seq = frame.seq
+                self._write_next()
         except TimeoutError:
             self._flusher = None
             self.abort(f"its socket accepted nothing for {self._send_timeout:g} s")
@@ -258,6 +201,135 @@ class FrameWriter:
                     # Not paused yet still buffered: only between a write and the
                     # transport's pause check; don't spin.
                     await asyncio.sleep(0.005)
+
+
+class FrameWriter(SocketWriter):
+    """Writes prebuilt frame bytes to one viewer's transport; newest frame wins while it is busy.
+
+    `offer()` is synchronous and never awaits: a channel calls it for every viewer
+    when a frame arrives. A viewer whose socket took the previous frame completely
+    gets the new one written at once, with no task switch. Otherwise the frame is
+    parked in a one-frame slot (a newer frame replaces it) and a flush task waits
+    for the socket to drain. So a viewer holds at most one unsent frame beyond the
+    kernel's send buffer, and one that accepts nothing for `send_timeout` seconds
+    is aborted. Text messages (state changes) have a slot of their own and go first.
+    """
+
+    # offer() runs once per viewer per frame: slots keep the state it touches compact.
+    __slots__ = (
+        "_encode",
+        "_last_write",
+        "_min_interval",
+        "_pending",
+        "_pending_text",
+        "frames_skipped",
+        "frames_written",
+        "last_seq",
+        "variant",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        stream: AbstractStreamWriter,
+        encode: Callable[[Frame], bytes],
+        *,
+        kind: str,
+        peer: str,
+        send_timeout: float,
+        sndbuf: int,
+        min_interval: float = 0.0,
+        variant: Variant | None = None,
+    ) -> None:
+        self._encode = encode
+        self._min_interval = min_interval
+        self._pending: Frame | None = None
+        self._pending_text: bytes | None = None
+        self._last_write = float("-inf")
+        self.variant = variant
+        self.frames_written = 0
+        self.frames_skipped = 0
+        self.last_seq = 0  # sequence number of the last frame written: lag = newest - this
+        super().__init__(transport, stream, kind=kind, peer=peer, send_timeout=send_timeout, sndbuf=sndbuf)
+
+    # -- what the channel asks of a viewer (broker.channel.Viewer); subclasses differ here
+
+    needs_tick = False
+
+    def picture(self, channel: Channel) -> Frame | None:
+        """The newest frame at this viewer's size: what it shows unless it says otherwise."""
+        return channel.newest(self.variant)
+
+    def joined(self, channel: Channel) -> None:
+        """Nothing precedes the first picture."""
+
+    def status_changed(self, channel: Channel) -> None:
+        """State changes show in the pictures themselves."""
+
+    def tick(self, channel: Channel, now: float, interval: float) -> None:
+        """Nothing to repeat."""
+
+    @property
+    def last_write_mono(self) -> float:
+        """Monotonic time of the last frame written (-inf before the first)."""
+        return self._last_write
+
+    def offer(self, frame: Frame, now: float) -> None:
+        """Send `frame` now if the socket has room, else keep it as the newest pending frame.
+
+        `now` is the monotonic time, read once by the caller for all its viewers.
+        """
+        transport = self._transport
+        if (
+            self._flusher is None
+            and self._open
+            and not transport.get_write_buffer_size()
+            and not transport.is_closing()
+            and (not self._min_interval or self._rate_allows(now))
+        ):
+            # The hot path: one call per viewer per frame.
+            self._send(self._encode(frame))
+            self._last_write = now
+            self.frames_written += 1
+            self.last_seq = frame.seq
+            return
+        if not self._open:
+            return
+        if self._pending is not None:
+            self.frames_skipped += 1
+        self._pending = frame
+        self._start_flush()
+
+    def offer_text(self, message: bytes) -> None:
+        """Send a prebuilt text message; while busy only the newest one is kept."""
+        if self._open and not self._write_if_idle(message):
+            self._pending_text = message
+            self._start_flush()
+
+    # -- internals -----------------------------------------------------------------
+
+    def _has_pending(self) -> bool:
+        return self._pending is not None or self._pending_text is not None
+
+    def _drop_pending(self) -> None:
+        self._pending = None
+        self._pending_text = None
+
+    def _write_next(self) -> None:
+        text, self._pending_text = self._pending_text, None
+        if text is not None:
+            self._write(text)
+        frame = self._pending
+        now = _monotonic()
+        if frame is not None and self._rate_allows(now):
+            self._pending = None
+            self._write(self._encode(frame))
+            self._last_write = now
+            self.frames_written += 1
+            self.last_seq = frame.seq
+
+    async def _wait_ready(self) -> None:
+        await super()._wait_ready()
         delay = self._min_interval - (_monotonic() - self._last_write)
         if delay > 0 and self._pending is not None:
             await asyncio.sleep(delay)

@@ -21,17 +21,31 @@ function withShare(path) {
   return url.href;
 }
 
-/** Every URL the page needs for one camera. */
-export function cameraUrls(cameraId) {
+/** `path` as a WebSocket URL (ws: or wss:, as the page). */
+function socketUrl(path) {
+  const url = new URL(withShare(path));
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  return url.href;
+}
+
+/**
+ * Every URL the page needs for one camera. With a `width`, the MJPEG stream and the
+ * snapshot are the broker's smaller size of about that width.
+ */
+export function cameraUrls(cameraId, width = null) {
   const base = `cameras/${encodeURIComponent(cameraId)}`;
-  const ws = new URL(withShare(`${base}/ws?header=1`));
-  ws.protocol = ws.protocol === 'https:' ? 'wss:' : 'ws:';
+  const sized = width ? `?width=${width}` : '';
   return {
     page: `#/cameras/${encodeURIComponent(cameraId)}`,
-    ws: ws.href,
-    mjpeg: withShare(`${base}/mjpeg`),
-    snapshot: withShare(`${base}/snapshot.jpg`),
+    ws: socketUrl(`${base}/ws?header=1`),
+    mjpeg: withShare(`${base}/mjpeg${sized}`),
+    snapshot: withShare(`${base}/snapshot.jpg${sized}`),
   };
+}
+
+/** The grid's one WebSocket for every camera on screen. */
+export function gridSocketUrl() {
+  return socketUrl('ws');
 }
 
 /** Throws SignInRequired or Refused for 401 and 403, Error for any other failure. */

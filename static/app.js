@@ -12,6 +12,8 @@ import {
   signIn,
   signOut,
 } from './api.js';
+import { GridSocket } from './gridsocket.js';
+import { StreamBudget } from './mjpegfeed.js';
 import { Tile } from './tile.js';
 
 /** How often the camera list is fetched again (cameras come and go, go offline). */
@@ -24,6 +26,8 @@ const account = document.querySelector('#account');
 
 /** Tiles on screen, by camera id. */
 const tiles = new Map();
+/** What the grid's tiles share: one WebSocket for all cameras, and the MJPEG fallback's streams. */
+const grid = { socket: new GridSocket(), budget: new StreamBudget() };
 /** The last camera list from the broker; null until the first answer. */
 let cameras = null;
 let navSignature = '';
@@ -198,8 +202,8 @@ account.querySelector('.sign-out').addEventListener('click', async () => {
 });
 account.querySelector('.sign-in').addEventListener('click', () => showSignIn());
 
-function addTile(cameraId, options) {
-  const tile = new Tile(cameraId, options);
+function addTile(cameraId, { large = false } = {}) {
+  const tile = new Tile(cameraId, { large, grid });
   tiles.set(cameraId, tile);
   // A player's WebSocket hears of a camera going offline long before the next list
   // does; the nav follows it so that the two never disagree for seconds.

@@ -7,8 +7,18 @@ import { SnapshotFeed } from './snapshotfeed.js';
 import { WsFeed } from './wsfeed.js';
 
 /** Transports from best to worst: a player falls back down this list and climbs back up. */
-const FEEDS = { ws: WsFeed, mjpeg: MjpegFeed, snapshot: SnapshotFeed };
-const MODES = Object.keys(FEEDS);
+const MODES = ['ws', 'mjpeg', 'snapshot'];
+
+/**
+ * How a player opens each mode: `open(cameraId, handlers)` makes a feed, and the
+ * optional `available()` says whether the mode may be used now (else it is skipped).
+ * These are the single-camera view's: each transport of its own, at full size.
+ */
+export const FULL_SIZE_FEEDS = {
+  ws: { open: (cameraId, handlers) => new WsFeed(cameraId, handlers) },
+  mjpeg: { open: (cameraId, handlers) => new MjpegFeed(cameraId, handlers) },
+  snapshot: { open: (cameraId, handlers) => new SnapshotFeed(cameraId, handlers) },
+};
 
 export const MODE_NAMES = { ws: 'WebSocket', mjpeg: 'MJPEG', snapshot: 'snapshot' };
 
@@ -24,7 +34,8 @@ const UPGRADE_EVERY_MS = 30_000;
  * statistics the overlay shows.
  *
  * Events: 'change' (state, mode or online changed) and 'frame' (a frame was drawn).
- * `state` is 'connecting', 'live', 'reconnecting', 'paused' or 'hidden'.
+ * `state` is 'connecting', 'live', 'reconnecting', 'paused', 'hidden' (the tab) or
+ * 'offscreen' (scrolled out of view).
  */
 export class Player extends EventTarget {
   state = 'connecting';
@@ -41,6 +52,7 @@ export class Player extends EventTarget {
   #media;
   #canvas;
   #sink;
+  #feeds;
   #feed = null;
   #feedElement = null;
   // Bumped whenever the feed is torn down: callbacks and timers from an older epoch
@@ -54,17 +66,21 @@ export class Player extends EventTarget {
   #shownReceivedAt = null;
   #paused = false;
   #hidden = false;
+  #offscreen = false;
   #destroyed = false;
   #running = null; // neither true nor false until start(), so start() always acts
 
   /**
    * `media` is the element holding the canvas; the MJPEG <img> goes there too.
+   * `feeds` says how each mode is opened (FULL_SIZE_FEEDS by default).
    * Nothing streams before `start()`.
    */
-  constructor(cameraId, media, { hidden = false } = {}) {
+  constructor(cameraId, media, { hidden = false, offscreen = false, feeds = FULL_SIZE_FEEDS } = {}) {
     super();
     this.cameraId = cameraId;
     this.#hidden = hidden;
+    this.#offscreen = offscreen;
+    this.#feeds = feeds;
     this.#media = media;
     this.#canvas = media.querySelector('canvas');
     this.#sink = new FrameSink(this.#canvas, (meta, width, height) =>
@@ -107,12 +123,24 @@ export class Player extends EventTarget {
     this.#reconcile();
   }
 
+  /** A picture scrolled out of view streams nothing either, until it is back. */
+  setOffscreen(offscreen) {
+    this.#offscreen = offscreen;
+    this.#reconcile();
+  }
+
+  /** Opens the current mode again, e.g. to ask for another size; the picture stays meanwhile. */
+  reopen() {
+    if (this.#running) this.#open(this.mode);
+  }
+
   /** Takes news from /api/cameras, which covers what the current feed cannot tell. */
   setCameraInfo(camera) {
     // An open WebSocket hears of online changes first; the polled list may be older.
     if (!(this.mode === 'ws' && this.state === 'live')) this.#setOnline(camera.online);
-    // An <img> exposes only its first picture's size; the broker knows the current one.
-    if (this.mode === 'mjpeg' && camera.width && camera.height) {
+    // An <img> exposes only its first picture's size; the broker knows the current one
+    // (of the camera's full size: a stream of a smaller size keeps what its <img> said).
+    if (this.mode === 'mjpeg' && !this.#feed?.sized && camera.width && camera.height) {
       this.width = camera.width;
       this.height = camera.height;
     }
@@ -127,14 +155,14 @@ export class Player extends EventTarget {
   // Private.
 
   #reconcile() {
-    const run = !this.#paused && !this.#hidden && !this.#destroyed;
+    const run = !this.#paused && !this.#hidden && !this.#offscreen && !this.#destroyed;
     if (run === this.#running) return;
     this.#running = run;
     if (run) {
       this.#open(this.mode);
     } else {
       this.#tearDown();
-      this.#setState(this.#paused ? 'paused' : 'hidden');
+      this.#setState(this.#paused ? 'paused' : this.#hidden ? 'hidden' : 'offscreen');
     }
   }
 
@@ -162,7 +190,7 @@ export class Player extends EventTarget {
     }
     this.#fps.reset();
     this.#bytes.reset();
-    const feed = new FEEDS[mode](this.cameraId, {
+    const feed = this.#feeds[mode].open(this.cameraId, {
       working: () => current() && this.#working(),
       frame: (blob, meta) => {
         if (!current()) return;
@@ -202,7 +230,7 @@ export class Player extends EventTarget {
     if (!wasWorking && (await brokerReachable())) {
       if (epoch !== this.#epoch) return; // paused, hidden or gone meanwhile
       this.#failures += 1;
-      const next = MODES[MODES.indexOf(mode) + 1];
+      const next = MODES.slice(MODES.indexOf(mode) + 1).find((later) => this.#available(later));
       if (next && this.#failures >= FAILURES_BEFORE_FALLBACK) {
         this.#open(next);
         return;
@@ -219,7 +247,8 @@ export class Player extends EventTarget {
   /** Probes the better modes without touching the screen; switches to the first that works. */
   async #tryUpgrade(epoch) {
     for (const mode of MODES.slice(0, MODES.indexOf(this.mode))) {
-      const works = await probe(FEEDS[mode], this.cameraId);
+      if (!this.#available(mode)) continue;
+      const works = await probe(this.#feeds[mode], this.cameraId);
       if (epoch !== this.#epoch) return;
       if (works) {
         this.#open(mode);
@@ -260,17 +289,21 @@ export class Player extends EventTarget {
   #later(ms, callback) {
     this.#timers.push(setTimeout(callback, ms));
   }
+
+  #available(mode) {
+    return this.#feeds[mode].available?.() ?? true;
+  }
 }
 
-/** Whether `Feed` can deliver this camera now; resolves within CONNECT_TIMEOUT_MS. */
-function probe(Feed, cameraId) {
+/** Whether a mode (its entry in `feeds`) can deliver this camera now; resolves within CONNECT_TIMEOUT_MS. */
+function probe(entry, cameraId) {
   return new Promise((resolve) => {
     const finish = (works) => {
       clearTimeout(timer);
       feed.stop();
       resolve(works);
     };
-    const feed = new Feed(cameraId, {
+    const feed = entry.open(cameraId, {
       working: () => finish(true),
       ended: () => finish(false),
       frame: () => {},

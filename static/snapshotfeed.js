@@ -6,18 +6,21 @@ const POLL_MS = 1000;
 /**
  * Polls snapshot.jpg: the fallback when even MJPEG cannot get through.
  * `If-None-Match` makes an unchanged frame a bodiless 304. Same handler shape as WsFeed.
+ * With a `width` it asks for the broker's smaller size.
  */
 export class SnapshotFeed {
   #cameraId;
   #handlers;
+  #width;
   #abort = null;
   #timer = null;
   #etag = null;
   #working = false;
 
-  constructor(cameraId, handlers) {
+  constructor(cameraId, handlers, { width = null } = {}) {
     this.#cameraId = cameraId;
     this.#handlers = handlers;
+    this.#width = width;
   }
 
   start() {
@@ -35,7 +38,7 @@ export class SnapshotFeed {
     let response;
     let blob = null;
     try {
-      response = await fetch(cameraUrls(this.#cameraId).snapshot, {
+      response = await fetch(cameraUrls(this.#cameraId, this.#width).snapshot, {
         // no-store keeps the browser cache out of the way, so a 304 reaches this code.
         cache: 'no-store',
         headers: this.#etag ? { 'If-None-Match': this.#etag } : {},

@@ -1,12 +1,27 @@
 import { cameraUrls } from './api.js';
+import { GridFeed } from './gridsocket.js';
+import { MjpegFeed } from './mjpegfeed.js';
 import { MODE_NAMES, Player } from './player.js';
+import { SnapshotFeed } from './snapshotfeed.js';
 
 /** How often the overlay's numbers (fps, data rate, age) are refreshed. */
 const RENDER_EVERY_MS = 500;
+/**
+ * Device pixels per CSS pixel a grid tile asks for at most: a thumbnail looks no sharper
+ * at 3x than at 2x, and at 3x a phone's grid would take twice the data.
+ */
+const MAX_PIXEL_RATIO = 2;
+/** A grid tile asks for a new size when its width changed by more than this share. */
+const RESIZE_SHARE = 0.25;
+/** Tiles this close to the screen count as on screen, so they are live when scrolled in. */
+const ON_SCREEN_MARGIN = '64px';
 
 /**
  * One camera on screen: the live picture, its overlay and its controls.
- * `large` is the single-camera view; otherwise the tile links to it.
+ * `large` is the single-camera view, at full size; otherwise the tile links to it and,
+ * given `grid` ({socket: GridSocket, budget: StreamBudget}), streams a size that fits it
+ * over the grid's one socket (or over an MJPEG stream of the budget, or snapshots), and
+ * only while it is on screen.
  */
 export class Tile {
   #badge;
@@ -15,8 +30,10 @@ export class Tile {
   #fullscreen;
   #heading;
   #timer;
+  #observers = [];
+  #width = null;
 
-  constructor(cameraId, { large = false } = {}) {
+  constructor(cameraId, { large = false, grid = null } = {}) {
     const template = document.querySelector('#tile-template');
     const element = template.content.firstElementChild.cloneNode(true);
     const urls = cameraUrls(cameraId);
@@ -63,9 +80,12 @@ export class Tile {
     label(this.#pause, `Pause ${cameraId}`);
     this.#pause.addEventListener('click', () => this.player.setPaused(!this.player.paused));
 
-    this.player = new Player(cameraId, element.querySelector('.media'), {
+    const media = element.querySelector('.media');
+    this.player = new Player(cameraId, media, {
       hidden: document.hidden,
+      ...(large || !grid ? {} : { offscreen: true, feeds: this.#gridFeeds(grid) }),
     });
+    if (!large && grid) this.#observe(media);
     this.player.addEventListener('change', () => this.#render());
     this.player.addEventListener('frame', () => {
       // The frame counter is a test hook (tests wait on it); it costs one attribute write.
@@ -92,8 +112,42 @@ export class Tile {
 
   destroy() {
     clearInterval(this.#timer);
+    for (const observer of this.#observers) observer.disconnect();
     this.player.destroy();
     this.element.remove();
+  }
+
+  /** A grid tile's modes: each at the width the tile needs (the broker snaps it to its sizes). */
+  #gridFeeds({ socket, budget }) {
+    const width = () => this.#width;
+    return {
+      ws: { open: (cameraId, handlers) => new GridFeed(socket, cameraId, width(), handlers) },
+      mjpeg: {
+        open: (cameraId, handlers) => new MjpegFeed(cameraId, handlers, { width: width(), budget }),
+        available: () => budget.free > 0,
+      },
+      snapshot: { open: (cameraId, handlers) => new SnapshotFeed(cameraId, handlers, { width: width() }) },
+    };
+  }
+
+  /** Streams only while on screen, at a width that follows the tile's. */
+  #observe(media) {
+    const visibility = new IntersectionObserver(
+      ([entry]) => {
+        if (entry.isIntersecting) this.#width ??= wantedWidth(entry.boundingClientRect.width);
+        this.player.setOffscreen(!entry.isIntersecting);
+      },
+      { rootMargin: ON_SCREEN_MARGIN },
+    );
+    const size = new ResizeObserver(([entry]) => {
+      const wanted = wantedWidth(entry.contentRect.width);
+      if (this.#width === null || Math.abs(wanted - this.#width) <= this.#width * RESIZE_SHARE) return;
+      this.#width = wanted;
+      this.player.reopen();
+    });
+    visibility.observe(this.element);
+    size.observe(media);
+    this.#observers.push(visibility, size);
   }
 
   #toggleFullscreen() {
@@ -127,6 +181,11 @@ export class Tile {
     this.#fields.rate.textContent = counting ? formatRate(player.bytesPerSecond) : '';
     this.#fields.age.textContent = age === null ? '' : `${formatAge(age)} old`;
   }
+}
+
+/** Device pixels across a picture `cssWidth` wide, as a width to ask the broker for. */
+function wantedWidth(cssWidth) {
+  return Math.max(1, Math.round(cssWidth * Math.min(window.devicePixelRatio || 1, MAX_PIXEL_RATIO)));
 }
 
 function label(control, text) {

@@ -83,16 +83,20 @@ class Camera:
     """A publisher that keeps sending its current colour, like a camera agent.
 
     Frames keep flowing so that the broker keeps the camera online; set `colour` to
-    change the picture.
+    change the picture. Given `frames` (JPEGs), it sends those in turn instead.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, broker, camera_id: str, colour, fps=10, token=None):
+    def __init__(
+        self, session: aiohttp.ClientSession, broker, camera_id: str, colour, fps=10, token=None, frames=None
+    ):
         self.session = session
         self.broker = broker
         self.camera_id = camera_id
         self.colour = colour
         self.fps = fps
         self.token = token or broker.token
+        self.frames = frames
+        self.sent = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task | None = None
 
@@ -101,7 +105,7 @@ class Camera:
             self.broker.url(f"/cameras/{self.camera_id}/publish"),
             headers={"Authorization": f"Bearer {self.token}"},
         )
-        await self._ws.send_bytes(solid_jpeg(self.colour))
+        await self._send()
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -120,9 +124,17 @@ class Camera:
             self._ws = None
 
     async def _run(self) -> None:
+        next_at = time.monotonic()
         while not self._ws.closed:
-            await asyncio.sleep(1 / self.fps)
-            await self._ws.send_bytes(solid_jpeg(self.colour))
+            # Paced by the clock, without bursts to catch up after a stall.
+            next_at = max(next_at + 1 / self.fps, time.monotonic())
+            await asyncio.sleep(next_at - time.monotonic())
+            await self._send()
+
+    async def _send(self) -> None:
+        jpeg = self.frames[self.sent % len(self.frames)] if self.frames else solid_jpeg(self.colour)
+        await self._ws.send_bytes(jpeg)
+        self.sent += 1
 
 
 class Viewer:

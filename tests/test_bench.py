@@ -230,7 +230,9 @@ def test_wss_scenario_measures_the_broker_over_tls_against_plain_tcp(tmp_path: P
         assert row["viewers_connected"] == 4
         assert row["connect_failures"] == row["lost"] == row["malformed"] == row["dups"] == 0
         assert row["delivered"] > 0 and row["server_us_per_item"] > 0
-    assert rows[0]["ratio_vs_tcp"] > 0 and rows[1]["ratio_vs_tcp"] is None
+    # Such a short run may measure no CPU on plain TCP (10 ms clock ticks): then no ratio.
+    assert rows[0]["ratio_vs_tcp"] is None or rows[0]["ratio_vs_tcp"] > 0
+    assert rows[1]["ratio_vs_tcp"] is None
 
 
 def test_wss_scenario_needs_a_broker_of_its_own() -> None:

@@ -185,7 +185,9 @@ async def test_page_is_live_over_websocket_through_nginx(broker, start_nginx, vi
     assert requested
     outside = [url for url in requested if not url.replace("ws://", "http://", 1).startswith(origin + prefix)]
     assert outside == []
-    assert any(url.startswith(nginx.ws_url(f"{prefix}cameras/garden/ws")) for url in requested)
+    # The grid's one socket for every camera, then the single view's own.
+    assert nginx.ws_url(f"{prefix}ws") in requested
+    assert any(url.startswith(nginx.ws_url(f"{prefix}cameras/yard/ws")) for url in requested)
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)

@@ -20,8 +20,8 @@ class Publisher(Protocol):
 
     peer: str
 
-    def viewers_changed(self, count: int) -> None:
-        """Tell the publisher how many viewers the camera has now."""
+    def viewers_changed(self, count: int, snapshot_only: bool = False) -> None:
+        """Tell the publisher how many viewers the camera has now (`snapshot_only`: snapshots alone)."""
 
     def replaced(self) -> None:
         """Another publisher took over this camera: close this one."""
@@ -104,6 +104,9 @@ class Channel:
         self._fan_out_took = fan_out_took
         self._fan_out_handle: asyncio.Handle | None = None
         self._demand_since = time.monotonic()
+        # Snapshots count as one viewer until this monotonic time (--snapshot-grace after the last).
+        self._snapshot_demand_until = 0.0
+        self._next_frame: asyncio.Future[Frame] | None = None  # for snapshots waiting for a fresh frame
         self.last_active = self._demand_since  # monotonic: last frame, viewer, snapshot or publisher
         self._online = False
         self._status_since = time.time()
@@ -133,6 +136,9 @@ class Channel:
         self.seen = True
         if not self._online:
             self._set_online(True)
+        if self._next_frame is not None:
+            self._next_frame.set_result(frame)
+            self._next_frame = None
         if self._viewers:
             if self._fan_out_handle is None:
                 # Deferred to the loop's next pass: frames already buffered from the
@@ -151,7 +157,7 @@ class Channel:
         self.seen = True
         if previous is not None:
             previous.replaced()
-        publisher.viewers_changed(len(self._viewers))
+        self._tell_publisher()
 
     def claim_for_post(self, source: str, hold: float) -> str | None:
         """Let `source` publish by POST for `hold` more seconds; else who holds the camera.
@@ -227,7 +233,8 @@ class Channel:
             self._ticking.add(viewer)
         self.last_active = time.monotonic()
         if len(self._viewers) == 1:
-            self._demand_since = self.last_active
+            if not self.snapshot_demand:
+                self._demand_since = self.last_active
             self._tell_publisher()
         viewer.joined(self)
         frame = viewer.picture(self)
@@ -248,6 +255,44 @@ class Channel:
         if not self._viewers:
             self._tell_publisher()
 
+    # -- demand ----------------------------------------------------------------------
+
+    @property
+    def snapshot_demand(self) -> bool:
+        """Whether a recent snapshot still counts as a viewer."""
+        return self._snapshot_demand_until > time.monotonic()
+
+    @property
+    def demand(self) -> int:
+        """Viewers, plus one while snapshots count: what the publisher is told."""
+        return len(self._viewers) + self.snapshot_demand
+
+    def note_snapshot(self, grace: float) -> None:
+        """A snapshot was asked for: count it as a viewer for `grace` seconds (the agent resumes capture)."""
+        now = time.monotonic()
+        started = not self.snapshot_demand
+        self._snapshot_demand_until = now + grace
+        self.last_active = now
+        if started:
+            if not self._viewers:
+                self._demand_since = now
+            self._tell_publisher()
+
+    def expire_snapshot_demand(self) -> None:
+        """End the snapshots' demand once its grace has run out (called by the hub's sweep)."""
+        if self._snapshot_demand_until and not self.snapshot_demand:
+            self._snapshot_demand_until = 0.0
+            self._tell_publisher()
+
+    async def next_frame(self, timeout: float) -> Frame | None:
+        """The next frame to arrive within `timeout` seconds, or None."""
+        if self._next_frame is None:
+            self._next_frame = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._next_frame), timeout)
+        except TimeoutError:
+            return None
+
     # -- liveness --------------------------------------------------------------------
 
     @property
@@ -266,7 +311,7 @@ class Channel:
             return True
         if self.publisher is None:
             return False
-        return not self._viewers or now - self._demand_since < self._offline_after
+        return not self.demand or now - self._demand_since < self._offline_after
 
     def refresh(self, now: float) -> bool:
         """Update the online state and the rate meters; True when the camera just went offline."""
@@ -352,4 +397,5 @@ class Channel:
 
     def _tell_publisher(self) -> None:
         if self.publisher is not None:
-            self.publisher.viewers_changed(len(self._viewers))
+            demand = self.demand
+            self.publisher.viewers_changed(demand, snapshot_only=demand > 0 and not self._viewers)

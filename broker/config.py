@@ -258,6 +258,22 @@ class Settings:
     shutdown_timeout: float = field(
         default=5.0, metadata=_help("how long a graceful shutdown may take", "timeouts")
     )
+    snapshot_wait: float = field(
+        default=3.0,
+        metadata=_help(
+            "a snapshot of a camera that is not capturing (nobody watches) waits up to this long for a "
+            "fresh frame, then gets the last one (0: never waits)",
+            "timeouts",
+        ),
+    )
+    snapshot_grace: float = field(
+        default=5.0,
+        metadata=_help(
+            "a snapshot counts as a viewer for this long, so an agent capturing on demand keeps going "
+            "for pollers faster than this and pauses between slower ones",
+            "timeouts",
+        ),
+    )
     forget_after: float = field(
         default=3600.0,
         metadata=_help("a camera nobody has published to or watched for this long is removed", "timeouts"),
@@ -364,9 +380,11 @@ class Settings:
             "session_lifetime",
             "forget_after",
             "tls_handshake_timeout",
+            "snapshot_grace",
         ):
             value = getattr(self, name)
             _check(value > 0, name, value, "> 0 seconds")
+        _check(self.snapshot_wait >= 0, "snapshot_wait", self.snapshot_wait, ">= 0 seconds")
         _check(
             not self.default_camera or CAMERA_ID.fullmatch(self.default_camera) is not None,
             "default_camera",

@@ -36,7 +36,7 @@ class DemoCamera:
         self._source = SyntheticSource(DEMO_CAMERA, *DEMO_SIZE, fps=DEMO_FPS)
         self._stop = asyncio.Event()
 
-    def viewers_changed(self, count: int) -> None:
+    def viewers_changed(self, count: int, snapshot_only: bool = False) -> None:
         """The demo keeps running without viewers, so snapshots stay live."""
 
     def replaced(self) -> None:

@@ -131,6 +131,7 @@ class Hub:
                 )
                 del self._channels[channel.camera]
                 continue
+            channel.expire_snapshot_demand()
             if channel.refresh(now):
                 log.info("camera %s is offline", channel.camera, extra={"camera": channel.camera})
                 latest = channel.latest

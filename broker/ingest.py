@@ -102,12 +102,14 @@ class PublisherSession:
         self._bad_in_a_row = 0
         self._bad_frames = 0
         self._viewers = 0
+        self._snapshot_only = False
         self._viewers_changed = asyncio.Event()
         self._closing: asyncio.Task[bool] | None = None
 
-    def viewers_changed(self, count: int) -> None:
+    def viewers_changed(self, count: int, snapshot_only: bool = False) -> None:
         """Queue a `{"type": "viewers"}` message; only the newest count is sent."""
         self._viewers = count
+        self._snapshot_only = snapshot_only
         self._viewers_changed.set()
 
     def replaced(self) -> None:
@@ -264,7 +266,10 @@ class PublisherSession:
             self._viewers_changed.clear()
             if self.ws.closed:
                 return
-            await self.ws.send_json({"type": "viewers", "count": self._viewers})
+            message: dict[str, object] = {"type": "viewers", "count": self._viewers}
+            if self._snapshot_only:
+                message["snapshot_only"] = True
+            await self.ws.send_json(message)
 
 
 async def publish_ws(request: web.Request) -> web.WebSocketResponse:

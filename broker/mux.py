@@ -133,9 +133,9 @@ class MuxSession(ViewerSession):
             try:
                 request = json.loads(text)
             except (ValueError, RecursionError):  # RecursionError: nested too deep
-                raise BadRequest("not JSON: send a JSON object with a \"type\"") from None
+                raise BadRequest('not JSON: send a JSON object with a "type"') from None
             if not isinstance(request, dict) or not isinstance(request.get("type"), str):
-                raise BadRequest("not a JSON object with a string \"type\"")
+                raise BadRequest('not a JSON object with a string "type"')
             kind = request["type"]
             if kind == "subscribe":
                 self._subscribe(request)

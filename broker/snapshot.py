@@ -10,7 +10,9 @@ from aiohttp.helpers import ETAG_ANY, rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 
 from . import wire
-from .app_keys import AUTH, CLUSTER, HUB
+from .app_keys import AUTH, CLUSTER, HUB, SETTINGS
+from .channel import Channel
+from .config import Settings
 from .frame import Frame
 from .params import camera_id, variant
 
@@ -28,8 +30,10 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
     channel = request.app[HUB].channel(camera)
     if channel is None or not channel.seen:
         raise web.HTTPNotFound(text=f"camera {camera!r} has never published\n")
+    max_age = _max_age(request)
     cluster = request.app.get(CLUSTER)
     frame = channel.latest if cluster is None else await cluster.newest(channel)
+    frame = await _fresh(request.app[SETTINGS], channel, frame, max_age)
     if frame is None:
         raise web.HTTPServiceUnavailable(
             text=f"camera {camera!r} has no frame yet\n",
@@ -54,6 +58,42 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
         return _PrebuiltAnswer(head, age, frame.jpeg)
     # HEAD, HTTP/1.0 and "Connection: close" are rare: aiohttp builds those answers.
     return _answer(frame, age, body=frame.jpeg)
+
+
+def _max_age(request: web.Request) -> float | None:
+    raw = request.query.get("max_age")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise web.HTTPBadRequest(text=f"max_age={raw!r} is invalid: expected seconds >= 0\n")
+    return value
+
+
+async def _fresh(
+    settings: Settings, channel: Channel, frame: Frame | None, max_age: float | None
+) -> Frame | None:
+    """The frame to answer with: the cached one if fresh enough, else a new one if it comes in time.
+
+    A snapshot counts as a viewer (--snapshot-grace), so an agent that paused capture for
+    lack of viewers starts again; the answer waits up to --snapshot-wait for its first
+    frame. A camera whose last frame is younger than --offline-after is capturing and
+    answers at once, and so does one whose cached frame is no older than `?max_age=`.
+    """
+    if channel.publisher is None:
+        return frame  # nobody could bring a newer one
+    age = time.monotonic() - frame.received_mono if frame is not None else None
+    # Frames still arriving (someone watches, or the agent is always on): no waiting.
+    capturing = age is not None and age < settings.offline_after
+    channel.note_snapshot(settings.snapshot_grace)
+    if age is not None and (age <= max_age if max_age is not None else capturing):
+        return frame
+    if settings.snapshot_wait <= 0:
+        return frame
+    return await channel.next_frame(settings.snapshot_wait) or channel.latest
 
 
 def _etag(frame: Frame) -> str:

@@ -483,3 +483,24 @@ async def test_taken_over_camera_is_reported_and_reclaimed(
         await eventually(lambda: stats.reconnects >= 1, what="reconnect")
         await other.close()
     assert "another publisher took over this camera (code 4000)" in caplog.text
+
+
+async def test_a_snapshot_wakes_a_paused_camera_which_pauses_again_after_the_grace(
+    start_broker: Any, http: aiohttp.ClientSession
+):
+    """Nobody watches, so the camera is closed. A snapshot opens it and gets a fresh frame; once
+    the broker's snapshot grace has passed, the camera closes without the agent's own idle grace."""
+    broker = await start_broker(snapshot_wait=5.0, snapshot_grace=0.5)
+    source = TrackedSource(SyntheticSource("cam", 160, 120, fps=30))
+    camera = CameraConfig(id="cam", source="synthetic", idle_grace=60)
+    async with running(agent_config(broker, camera), {"cam": source}):
+        await asyncio.wait_for(until_publisher(http, broker, "cam"), 10)
+        assert source.runs == 0
+        async with http.get(broker.url("/cameras/cam/snapshot.jpg")) as resp:
+            assert resp.status == 200
+            assert decode(await resp.read()).shape[:2] == (120, 160)
+            assert float(resp.headers["X-Frame-Age"]) < 1.0
+        assert source.runs == 1
+        asked_at = time.monotonic()
+        await asyncio.wait_for(source.stopped.wait(), 10)
+        assert time.monotonic() - asked_at < 5  # the grace, not the agent's 60 s

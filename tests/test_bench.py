@@ -215,7 +215,7 @@ def test_wss_scenario_measures_the_broker_over_tls_against_plain_tcp(tmp_path: P
     then the same broker on plain TCP; the TLS row says how its CPU per frame compares."""
     results = tmp_path / "rows.json"
     command = [sys.executable, "-m", "bench", "--scenario", "wss", "--viewers", "4", "--size", "320x240",
-               "--duration", "1.5", "--warmup", "0.5", "--drain", "0.5", "--no-baseline", "--quiet",
+               "--duration", "3", "--warmup", "0.5", "--drain", "0.5", "--no-baseline", "--quiet",
                "--json", str(results)]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr

@@ -169,6 +169,8 @@ async def test_oversized_frames_are_refused(start_broker, http):
     ws = await publisher(http, broker, "big")
     await ws.send_bytes(good)
     await wait_for_snapshot(http, broker, "big", good)
+    # The snapshots count as a viewer: the publisher hears of it first.
+    assert (await asyncio.wait_for(ws.receive_json(), 5))["snapshot_only"] is True
     await ws.send_bytes(big)
     msg = await asyncio.wait_for(ws.receive(), 5)
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)

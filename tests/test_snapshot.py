@@ -192,3 +192,91 @@ async def test_offline_camera_keeps_serving_its_last_frame_with_its_age(broker, 
         assert resp.status == 200
         assert await resp.read() == frame
         assert float(resp.headers["X-Frame-Age"]) >= broker.settings.offline_after
+
+
+# -- snapshots of cameras that capture on demand ----------------------------------------
+
+
+async def paused_camera(http, broker, camera: str = "cam"):
+    """A publisher with one frame, older than offline_after: an agent that paused for lack of viewers."""
+    pub = await publisher(http, broker, camera)
+    old = make_jpeg((10, 10, 10))
+    await pub.send_bytes(old)
+    await asyncio.sleep(broker.settings.offline_after + 0.2)
+    return pub, old
+
+
+async def test_a_snapshot_wakes_a_paused_camera_and_waits_for_its_fresh_frame(start_broker, http):
+    """The agent hears of a (snapshot-only) viewer; the snapshot answers with the frame it then sends."""
+    broker = await start_broker(snapshot_wait=5.0)
+    pub, _ = await paused_camera(http, broker)
+    asking = asyncio.ensure_future(http.get(broker.url("/cameras/cam/snapshot.jpg")))
+    told = await asyncio.wait_for(pub.receive_json(), 5)
+    assert told == {"type": "viewers", "count": 1, "snapshot_only": True}
+    fresh = make_jpeg((200, 100, 0))
+    await pub.send_bytes(fresh)
+    async with await asyncio.wait_for(asyncio.shield(asking), 5) as resp:
+        assert resp.status == 200
+        assert await resp.read() == fresh
+        assert float(resp.headers["X-Frame-Age"]) < 1.0
+    await pub.close()
+
+
+async def test_without_a_fresh_frame_in_time_the_last_one_comes_with_its_age(start_broker, http):
+    broker = await start_broker(snapshot_wait=0.3)
+    pub, old = await paused_camera(http, broker)
+    started = time.monotonic()
+    async with http.get(broker.url("/cameras/cam/snapshot.jpg")) as resp:
+        assert resp.status == 200
+        assert await resp.read() == old
+        assert float(resp.headers["X-Frame-Age"]) >= broker.settings.offline_after
+    assert 0.25 < time.monotonic() - started < 3
+    await pub.close()
+
+
+async def test_max_age_accepts_the_cached_frame_at_once(start_broker, http):
+    broker = await start_broker(snapshot_wait=5.0)
+    pub, old = await paused_camera(http, broker)
+    started = time.monotonic()
+    async with http.get(broker.url("/cameras/cam/snapshot.jpg?max_age=60")) as resp:
+        assert await resp.read() == old
+    assert time.monotonic() - started < 1
+    async with http.get(broker.url("/cameras/cam/snapshot.jpg?max_age=soon")) as resp:
+        assert resp.status == 400
+    await pub.close()
+
+
+async def test_snapshot_demand_ends_its_grace_after_the_last_snapshot(start_broker, http):
+    """A poller slower than --snapshot-grace lets the camera pause between polls."""
+    broker = await start_broker(snapshot_wait=0.0, snapshot_grace=0.5)
+    pub, _ = await paused_camera(http, broker)
+    async with http.get(broker.url("/cameras/cam/snapshot.jpg")) as resp:
+        assert resp.status == 200
+    assert await asyncio.wait_for(pub.receive_json(), 5) == {
+        "type": "viewers",
+        "count": 1,
+        "snapshot_only": True,
+    }
+    started = time.monotonic()
+    assert await asyncio.wait_for(pub.receive_json(), 5) == {"type": "viewers", "count": 0}
+    assert 0.3 < time.monotonic() - started < 2
+    await pub.close()
+
+
+async def test_a_real_viewer_is_not_snapshot_only(start_broker, http):
+    """While someone watches, snapshots add nothing the agent must treat differently."""
+    broker = await start_broker()
+    pub, _ = await paused_camera(http, broker)
+    viewer = await http.ws_connect(broker.ws_url("/cameras/cam/ws"))
+    assert await asyncio.wait_for(pub.receive_json(), 5) == {"type": "viewers", "count": 1}
+    await pub.send_bytes(make_jpeg())
+    async with http.get(broker.url("/cameras/cam/snapshot.jpg")) as resp:
+        assert resp.status == 200
+    assert await asyncio.wait_for(pub.receive_json(), 5) == {"type": "viewers", "count": 2}
+    await viewer.close()
+    assert await asyncio.wait_for(pub.receive_json(), 5) == {
+        "type": "viewers",
+        "count": 1,
+        "snapshot_only": True,
+    }
+    await pub.close()

@@ -67,11 +67,13 @@ class ClusterPublisher:
         self._on_local = on_local
         self.local = 0
         self.remote = 0
-        self._told: int | None = None
+        self._local_snapshot_only = False
+        self._told: tuple[bool, bool] | None = None
 
-    def viewers_changed(self, count: int) -> None:
-        """This node's viewers changed between none and some."""
+    def viewers_changed(self, count: int, snapshot_only: bool = False) -> None:
+        """This node's viewers changed (`snapshot_only`: only snapshots count here)."""
         self.local = count
+        self._local_snapshot_only = snapshot_only
         self._on_local(self._camera, count)
         self._tell()
 
@@ -85,11 +87,13 @@ class ClusterPublisher:
         self._tell()
 
     def _tell(self) -> None:
-        # As on a single broker, the publisher hears of changes between none and some.
+        # As on a single broker, the publisher hears of changes between none and some, and
+        # of whether only snapshots (of this node: other nodes' kinds are not known) remain.
         total = self.local + self.remote
-        if self._told is None or (total > 0) != (self._told > 0):
-            self._told = total
-            self.session.viewers_changed(total)
+        snapshot_only = total > 0 and self.remote == 0 and self._local_snapshot_only
+        if self._told != (total > 0, snapshot_only):
+            self._told = (total > 0, snapshot_only)
+            self.session.viewers_changed(total, snapshot_only)
 
 
 class Demand:

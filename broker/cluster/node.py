@@ -103,7 +103,7 @@ class ClusterNode:
     async def _tick(self) -> None:
         """Renew this node's claims and counts, learn every holder, add up our cameras' viewers."""
         await self.ownership.refresh()
-        await self.demand.renew({c.camera: c.viewer_count for c in self._hub.cameras() if c.viewer_count})
+        await self.demand.renew({c.camera: c.demand for c in self._hub.cameras() if c.demand})
         await self._update_totals(list(self.ownership.claims))
 
     def _down(self) -> None:
@@ -170,7 +170,8 @@ class ClusterNode:
             self.subscriber.want(channel.camera, False)
             return
         channel.relay = None
-        wanted = isinstance(channel.publisher, RemotePublisher) and channel.viewer_count > 0
+        # Viewers and waiting snapshots want the camera's frames here.
+        wanted = isinstance(channel.publisher, RemotePublisher) and channel.demand > 0
         was = self.subscriber.watching(channel.camera)
         self.subscriber.want(channel.camera, wanted)
         if wanted and not was and self.link.up:

@@ -110,8 +110,8 @@ class RemotePublisher:
         self.peer = f"on node {node}"
         self._on_viewers = on_viewers
 
-    def viewers_changed(self, count: int) -> None:
-        """This node's viewers of the camera changed between none and some."""
+    def viewers_changed(self, count: int, snapshot_only: bool = False) -> None:
+        """This node's viewers of the camera changed (the holder is told the total, snapshots included)."""
         self._on_viewers(count)
 
     def replaced(self) -> None:

@@ -27,6 +27,7 @@ __all__ = ["HostPolicy", "guard_middleware"]
 log = logging.getLogger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+KNOWN_HOSTS = 256
 
 
 class HostPolicy:
@@ -37,11 +38,22 @@ class HostPolicy:
         self._loopback_only = not allowed
         self._exact = {name.lower().rstrip(".") for name in allowed if not name.startswith(".")}
         self._suffixes = tuple(name.lower().rstrip(".") for name in allowed if name.startswith("."))
+        self._known: dict[str, bool] = {}
 
     def allows(self, host_header: str) -> bool:
         """Whether a request addressed to `host_header` ("name[:port]", may be empty) is for us."""
         if self._any or not host_header:
             return True
+        # Clients send the same few Host values on every request (a snapshot poller thousands
+        # of times a second): the answer is remembered, for a bounded number of values.
+        known = self._known.get(host_header)
+        if known is None:
+            if len(self._known) >= KNOWN_HOSTS:
+                self._known.clear()
+            known = self._known[host_header] = self._decide(host_header)
+        return known
+
+    def _decide(self, host_header: str) -> bool:
         name = _host_name(host_header)
         if _is_ip_literal(name):
             return True  # an address is never a rebound name

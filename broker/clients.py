@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["CLIENT", "Client", "ClientIdentifier", "client_of"]
+__all__ = ["CLIENT", "Client", "ClientIdentifier", "client_of", "peer_of"]
 
 FORWARDING_HEADERS = ("X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP", "Forwarded")
 
@@ -60,7 +61,7 @@ class ClientIdentifier:
 
     def identify(self, request: web.BaseRequest) -> Client:
         """The client of `request`."""
-        peer = _peer_address(request)
+        peer = peer_of(request.transport)
         scheme = "https" if request.secure else "http"
         host = request.headers.get("Host", "")
         forwarded = any(header in request.headers for header in FORWARDING_HEADERS)
@@ -90,12 +91,24 @@ class ClientIdentifier:
         return any(ip in network for network in self._trusted)
 
 
-def _peer_address(request: web.BaseRequest) -> str:
-    transport = request.transport
+def peer_of(transport: asyncio.BaseTransport | None) -> str:
+    """The address at the other end of a connection, "unknown" for a Unix socket or a closed one.
+
+    An IPv4 client of a dual-stack IPv6 socket arrives as ::ffff:a.b.c.d; it is a.b.c.d
+    here, so that loopback stays loopback and one client has one address in every count.
+    """
     peername = transport.get_extra_info("peername") if transport is not None else None
-    if isinstance(peername, tuple | list) and peername:
-        return str(peername[0])
-    return "unknown"
+    if not (isinstance(peername, tuple | list) and peername):
+        return "unknown"
+    address = str(peername[0])
+    if address.startswith("::ffff:"):
+        try:
+            mapped = ipaddress.IPv6Address(address).ipv4_mapped
+        except ValueError:
+            mapped = None
+        if mapped is not None:
+            return str(mapped)
+    return address
 
 
 def _is_loopback(address: str) -> bool:

@@ -2,17 +2,17 @@
 
 Checked once per connection, before any upgrade or stream byte; refusals are 503 (the broker
 or the camera is full) or 429 (this address has enough), with Retry-After, and are logged at
-most once a minute per reason.
+most once a minute per reason. Connections are counted as they are accepted (gate.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 
 from aiohttp import web
 
@@ -21,7 +21,7 @@ from .config import Settings
 from .lograte import LogLimiter
 from .metrics import Rejections
 
-__all__ = ["Limits", "ViewerTicket"]
+__all__ = ["ConnectionTicket", "Limits", "Refusal", "ViewerTicket"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,20 @@ def descriptors_in_use() -> int:
         return 64
 
 
-ViewerTicket = Callable[[], None]  # call once when the viewer leaves
+ViewerTicket = Callable[[], None]  # call when the viewer leaves (again is harmless)
+ConnectionTicket = Callable[[], None]  # call when the connection ends (again is harmless)
+
+
+class Refusal(Exception):
+    """A connection past a cap, refused before its request is read; `response` is the raw answer."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        body = (text + "; try again later\n").encode()
+        self.response = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER}\r\nConnection: close\r\n\r\n"
+        ).encode() + body
 
 
 class Limits:
@@ -64,7 +77,7 @@ class Limits:
         self.connections = 0
         self._viewers_per_address: Counter[str] = Counter()
         self._connections_per_peer: Counter[str] = Counter()
-        self._peers: dict[web.RequestHandler, str] = {}
+        self._tickets: dict[web.RequestHandler, ConnectionTicket] = {}
         self._refusals = LogLimiter(log)
 
     # -- viewers ---------------------------------------------------------------------
@@ -131,41 +144,17 @@ class Limits:
 
     # -- connections -----------------------------------------------------------------
 
-    def attach(self, server: web.Server) -> None:
-        """Count `server`'s connections and refuse those past a cap as soon as they are accepted.
+    def admit_connection(self, peer: str) -> ConnectionTicket:
+        """Count a connection just accepted from `peer`, or raise Refusal; the ticket undoes the count.
 
-        aiohttp has no hook at accept time, so this wraps the two calls its connection
-        handlers make to their server; a refused connection gets a short HTTP answer and
-        is closed before any request is read.
+        Called before a byte of the connection is read (gate.py), and for TLS before its
+        handshake, which holds a descriptor too for up to --tls-handshake-timeout.
         """
-        opened, closed = server.connection_made, server.connection_lost
-
-        def connection_made(handler: web.RequestHandler, transport: asyncio.Transport) -> None:
-            opened(handler, transport)
-            refusal = self._open_connection(handler, transport)
-            if refusal is not None:
-                transport.write(refusal)
-                # Not now: the handler starts its request task right after this call, and
-                # a connection lost before that task runs trips aiohttp's assertions.
-                asyncio.get_running_loop().call_soon(transport.close)
-
-        def connection_lost(handler: web.RequestHandler, exc: BaseException | None = None) -> None:
-            self._close_connection(handler)
-            closed(handler, exc)
-
-        server.connection_made = connection_made  # type: ignore[method-assign]
-        server.connection_lost = connection_lost  # type: ignore[method-assign]
-
-    def admit_handshake(self, peer: str) -> Callable[[], None] | None:
-        """Count a connection still in its TLS handshake; None if it must be dropped (no TLS to answer in).
-
-        aiohttp's server sees a TLS connection only once its handshake is done; until then
-        it holds a descriptor too, for up to --tls-handshake-timeout.
-        """
+        # Publishers and short requests may use half the reserve; viewers stop before it.
         if self._descriptors_left() < self._settings.descriptor_reserve // 2:
             self._rejections.count("connections")
             self._refusals.warning("connections", "refusing connections: close to the limit of open files")
-            return None
+            raise Refusal(503, "the broker is full (it is close to its limit of open files)")
         limit = self._settings.max_connections_per_ip
         if not self._is_exempt(peer) and self._connections_per_peer[peer] >= limit:
             self._rejections.count("connections_per_ip")
@@ -175,51 +164,42 @@ class Limits:
                 peer,
                 limit,
             )
-            return None
+            raise Refusal(429, f"too many connections from {peer} (max_connections_per_ip={limit})")
         self.connections += 1
         self._connections_per_peer[peer] += 1
         done = False
 
         def release() -> None:
             nonlocal done
-            if not done:
-                done = True
-                self._drop_peer(peer)
+            if done:
+                return
+            done = True
+            self.connections -= 1
+            self._connections_per_peer[peer] -= 1
+            if not self._connections_per_peer[peer]:
+                del self._connections_per_peer[peer]
 
         return release
 
-    def _open_connection(self, handler: web.RequestHandler, transport: asyncio.Transport) -> bytes | None:
-        peer = _peer(transport)
-        self._peers[handler] = peer
-        self.connections += 1
-        self._connections_per_peer[peer] += 1
-        # Publishers and short requests may use half the reserve; viewers stop before it.
-        if self._descriptors_left() < self._settings.descriptor_reserve // 2:
-            self._rejections.count("connections")
-            self._refusals.warning("connections", "refusing connections: close to the limit of open files")
-            return _raw_refusal(503, "the broker is full (it is close to its limit of open files)")
-        limit = self._settings.max_connections_per_ip
-        if not self._is_exempt(peer) and self._connections_per_peer[peer] > limit:
-            self._rejections.count("connections_per_ip")
-            self._refusals.warning(
-                "connections_per_ip",
-                "refusing connections from %s: more than max_connections_per_ip=%d",
-                peer,
-                limit,
-            )
-            return _raw_refusal(429, f"too many connections from {peer} (max_connections_per_ip={limit})")
-        return None
+    def track(self, server: web.Server) -> None:
+        """Release a connection's ticket when aiohttp's handler of it (see `adopt`) loses it.
 
-    def _close_connection(self, handler: web.RequestHandler) -> None:
-        peer = self._peers.pop(handler, None)
-        if peer is not None:
-            self._drop_peer(peer)
+        aiohttp has no hook for that either, so this wraps the call its handlers make
+        to their server.
+        """
+        closed = server.connection_lost
 
-    def _drop_peer(self, peer: str) -> None:
-        self.connections -= 1
-        self._connections_per_peer[peer] -= 1
-        if not self._connections_per_peer[peer]:
-            del self._connections_per_peer[peer]
+        def connection_lost(handler: web.RequestHandler, exc: BaseException | None = None) -> None:
+            ticket = self._tickets.pop(handler, None)
+            if ticket is not None:
+                ticket()
+            closed(handler, exc)
+
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    def adopt(self, handler: web.RequestHandler, ticket: ConnectionTicket) -> None:
+        """`handler` serves the connection of `ticket` from now on, until it loses it."""
+        self._tickets[handler] = ticket
 
     # -- internals -------------------------------------------------------------------
 
@@ -240,17 +220,3 @@ class Limits:
         self._rejections.count(reason)
         self._refusals.warning(reason, "refusing viewers: %s", text)
         raise kind(text=text + "; try again later\n", headers={"Retry-After": RETRY_AFTER})
-
-
-def _peer(transport: asyncio.BaseTransport) -> str:
-    peername = transport.get_extra_info("peername")
-    return str(peername[0]) if isinstance(peername, tuple | list) and peername else "unknown"
-
-
-def _raw_refusal(status: int, text: str) -> bytes:
-    reason = {429: "Too Many Requests", 503: "Service Unavailable"}[status]
-    body = (text + "; try again later\n").encode()
-    return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER}\r\nConnection: close\r\n\r\n"
-    ).encode() + body

@@ -11,6 +11,8 @@ from .app import create_app
 from .app_keys import LIMITS, SETTINGS
 from .auth import RedactingAccessLogger
 from .config import Settings
+from .gate import ConnectionGate
+from .limits import Limits
 from .tls import Certificate, TLSAcceptor
 
 __all__ = ["BrokerServer"]
@@ -56,9 +58,11 @@ class BrokerServer:
         """Bind and start serving."""
         await self._runner.setup()
         assert self._runner.server is not None
-        self.app[LIMITS].attach(self._runner.server)
+        limits = self.app[LIMITS]
+        limits.track(self._runner.server)
         site = _Site(
             self._runner,
+            limits,
             self.settings.host,
             self.settings.port,
             self.certificate,
@@ -81,17 +85,19 @@ class BrokerServer:
 
 
 class _Site(web.BaseSite):
-    """A TCP site; with a certificate, each connection completes TLS through a TLSAcceptor first.
+    """A TCP site: each connection is counted against the limits as it is accepted (gate.py), and
+    with a certificate completes TLS through a TLSAcceptor first.
 
     aiohttp's TCPSite would hand the certificate to the loop's own TLS server, without a
     bound on the handshake and without a log line when one fails (see tls.py).
     """
 
-    __slots__ = ("_certificate", "_handshake_timeout", "_host", "_port", "_reuse_port", "_tls")
+    __slots__ = ("_certificate", "_handshake_timeout", "_host", "_limits", "_port", "_reuse_port", "_tls")
 
     def __init__(
         self,
         runner: web.BaseRunner,
+        limits: Limits,
         host: str,
         port: int,
         certificate: Certificate | None,
@@ -100,6 +106,7 @@ class _Site(web.BaseSite):
         reuse_port: bool = False,
     ) -> None:
         super().__init__(runner)
+        self._limits = limits
         self._reuse_port = reuse_port
         self._host = host
         self._port = port
@@ -117,15 +124,9 @@ class _Site(web.BaseSite):
         handler = self._runner.server
         assert handler is not None
         if self._certificate is not None:
-            limits = self._runner.app[LIMITS] if isinstance(self._runner, web.AppRunner) else None
-            self._tls = TLSAcceptor(
-                self._certificate,
-                handler,
-                self._handshake_timeout,
-                limits.admit_handshake if limits is not None else None,
-            )
+            self._tls = TLSAcceptor(self._certificate, handler, self._handshake_timeout, self._limits)
         self._server = await asyncio.get_running_loop().create_server(
-            self._tls or handler,
+            self._tls or ConnectionGate(handler, self._limits),
             self._host,
             self._port,
             backlog=self._backlog,

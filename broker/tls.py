@@ -18,7 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+from aiohttp import web
+
+from .clients import peer_of
 from .config import ConfigError
+from .limits import ConnectionTicket, Limits, Refusal
 
 __all__ = ["Certificate", "TLSAcceptor"]
 
@@ -84,30 +88,24 @@ class TLSAcceptor:
     def __init__(
         self,
         certificate: Certificate,
-        make_handler: Callable[[], asyncio.Protocol],
+        make_handler: Callable[[], web.RequestHandler],
         timeout: float,
-        admit: Callable[[str], Callable[[], None] | None] | None = None,
+        limits: Limits,
     ) -> None:
         self._certificate = certificate
         self._make_handler = make_handler
         self._timeout = timeout
-        # Counts a connection during its handshake against the broker's limits (limits.py).
-        self._admit = admit
+        self.limits = limits
         self._handshakes: set[asyncio.Task[None]] = set()
 
     def __call__(self) -> asyncio.Protocol:
         return _Accepted(self)
 
-    def admit(self, peer: str) -> Callable[[], None] | None:
-        """A release callback if the connection may start its handshake, else None."""
-        return self._admit(peer) if self._admit is not None else (lambda: None)
-
-    def start(self, sock: socket.socket, peer: str, release: Callable[[], None]) -> None:
-        """Begin the handshake of a connection just accepted; `release` runs when it ends."""
-        task = asyncio.get_running_loop().create_task(self._handshake(sock, peer))
+    def start(self, sock: socket.socket, peer: str, ticket: ConnectionTicket) -> None:
+        """Begin the handshake of a connection just accepted and admitted with `ticket`."""
+        task = asyncio.get_running_loop().create_task(self._handshake(sock, peer, ticket))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
-        task.add_done_callback(lambda _: release())
 
     async def close(self) -> None:
         """Drop the connections still in their handshake."""
@@ -115,21 +113,41 @@ class TLSAcceptor:
             task.cancel()
         await asyncio.gather(*self._handshakes, return_exceptions=True)
 
-    async def _handshake(self, sock: socket.socket, peer: str) -> None:
+    async def _handshake(self, sock: socket.socket, peer: str, ticket: ConnectionTicket) -> None:
         loop = asyncio.get_running_loop()
+        handlers: list[web.RequestHandler] = []
+
+        def make_handler() -> web.RequestHandler:
+            # The loop returns its TLS protocol, not this one: keep it for the ticket.
+            handlers.append(self._make_handler())
+            return handlers[-1]
+
         try:
             async with asyncio.timeout(self._timeout):
                 # aiohttp's handler sees the connection once the handshake is done.
-                await loop.connect_accepted_socket(self._make_handler, sock, ssl=self._certificate.context)
+                transport, _ = await loop.connect_accepted_socket(
+                    make_handler, sock, ssl=self._certificate.context
+                )
         except TimeoutError:
+            ticket()
             log.info(
                 "client %s: no TLS handshake within %g s, disconnected",
                 peer,
                 self._timeout,
                 extra={"peer": peer},
             )
+            return
         except OSError as exc:  # ssl.SSLError included; the loop has closed the socket
+            ticket()
             log.info("client %s: TLS handshake failed: %s", peer, _reason(exc), extra={"peer": peer})
+            return
+        except BaseException:  # cancelled at shutdown
+            ticket()
+            raise
+        if transport.is_closing():
+            ticket()  # lost already, before the handler could take the ticket
+        else:
+            self.limits.adopt(handlers[0], ticket)
 
 
 class _Accepted(asyncio.Protocol):
@@ -147,9 +165,10 @@ class _Accepted(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tcp = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
-        peer = _address(tcp)
-        release = self._acceptor.admit(peer)
-        if release is None:
+        peer = peer_of(tcp)
+        try:
+            ticket = self._acceptor.limits.admit_connection(peer)
+        except Refusal:
             tcp.abort()  # past a limit (logged there): no TLS yet to answer in
             return
         try:
@@ -161,17 +180,12 @@ class _Accepted(asyncio.Protocol):
                 exc,
                 extra={"peer": peer},
             )
-            release()
+            ticket()
             tcp.abort()
             return
         tcp.abort()
         sock.setblocking(False)
-        self._acceptor.start(sock, peer, release)
-
-
-def _address(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        self._acceptor.start(sock, peer, ticket)
 
 
 def _reason(exc: OSError) -> str:

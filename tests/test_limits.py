@@ -8,6 +8,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 
@@ -251,3 +252,103 @@ async def test_a_frame_of_exactly_the_limit_is_accepted_on_both_transports(start
         await ws.send_bytes(over)
         await asyncio.wait_for(ws.receive(), 5)
         assert ws.close_code == 1009
+
+
+def this_machines_address() -> str:
+    """An IPv4 address of this machine that is not loopback: connections from it are not exempt."""
+    try:
+        out = subprocess.run(
+            ["ip", "-o", "-4", "addr", "show", "scope", "global"], capture_output=True, text=True, check=True
+        ).stdout
+    except FileNotFoundError:
+        pytest.skip("needs iproute2's `ip` to find a non-loopback address")
+    addresses = [line.split()[3].split("/")[0] for line in out.splitlines()]
+    if not addresses:
+        pytest.skip("needs a non-loopback network address")
+    return addresses[0]
+
+
+async def raw_request(address: str, port: int, request: bytes, **tls) -> tuple[int, bytes]:
+    """Send one request on a new connection; the status and the whole answer (b"" if dropped unanswered)."""
+    try:
+        reader, writer = await asyncio.open_connection(address, port, **tls)
+    except (ConnectionError, ssl.SSLError):
+        return 0, b""  # dropped during the TLS handshake
+    try:
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.read(), 10)
+    except (ConnectionError, ssl.SSLError):
+        answer = b""
+    finally:
+        await close(writer)
+    return (int(answer.split(b" ", 2)[1]) if answer else 0), answer
+
+
+async def hold_connection(address: str, port: int, **tls) -> asyncio.StreamWriter:
+    """A keep-alive connection that has had one answer, so the broker counts it."""
+    reader, writer = await asyncio.open_connection(address, port, **tls)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: cams.example.org\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).startswith(b"HTTP/1.1 200")
+    return writer
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+
+
+async def test_past_the_connection_cap_a_request_is_answered_429_and_never_run(start_broker, caplog):
+    """An address with max_connections_per_ip open connections: the next one's POST gets 429 and
+    publishes nothing; it is refused before its request is read, so no handler runs or logs."""
+    address = this_machines_address()
+    broker = await start_broker(host="0.0.0.0", public=True, max_connections_per_ip=2)
+    held = [await hold_connection(address, broker.port) for _ in range(2)]
+    jpeg = make_jpeg()
+    post = (
+        b"POST /cameras/sneaky/publish HTTP/1.1\r\nHost: cams.example.org\r\n"
+        b"Authorization: Bearer %s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s"
+    ) % (broker.token.encode(), len(jpeg), jpeg)
+    status, answer = await raw_request(address, broker.port, post)
+    assert status == 429 and b"\r\nRetry-After: 10\r\n" in answer
+    assert b"max_connections_per_ip=2" in answer
+    assert broker.app[HUB].channel("sneaky") is None
+    assert not [r for r in caplog.records if "sneaky" in r.getMessage()]
+    await close(held.pop())
+    for _ in range(100):  # the broker sees the close soon; then the address has room again
+        status, _ = await raw_request(address, broker.port, post)
+        if status != 429:
+            break
+        await asyncio.sleep(0.05)
+    assert status == 204
+    for writer in held:
+        await close(writer)
+
+
+async def test_under_tls_the_connection_cap_counts_each_connection_once(start_broker, tmp_path):
+    """A TLS connection is counted from its handshake on, and not again once aiohttp serves it."""
+    import trustme
+
+    from .tls_support import client_context, issue
+
+    ca = trustme.CA()
+    certs = issue(ca, tmp_path / "certs")
+    address = this_machines_address()
+    broker = await start_broker(
+        host="0.0.0.0", public=True, max_connections_per_ip=2, tls_cert=certs.cert, tls_key=certs.key
+    )
+    tls = {"ssl": client_context(ca), "server_hostname": "localhost"}
+    held = [await hold_connection(address, broker.port, **tls) for _ in range(2)]
+    status, _ = await raw_request(address, broker.port, b"GET /healthz HTTP/1.1\r\n\r\n", **tls)
+    assert status == 0  # dropped before the handshake: there is no TLS yet to answer in
+    await close(held.pop())
+    for _ in range(100):
+        status, _ = await raw_request(
+            address, broker.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", **tls
+        )
+        if status:
+            break
+        await asyncio.sleep(0.05)
+    assert status == 200
+    for writer in held:
+        await close(writer)

@@ -13,12 +13,14 @@ from aiohttp.worker import GunicornUVLoopWebWorker
 
 from .app_keys import SETTINGS
 from .auth import RedactingAccessLogger
+from .serverlog import ServerLog
 
 __all__ = ["Worker"]
 
 
 class Worker(GunicornUVLoopWebWorker):  # type: ignore[misc]  # gunicorn has no type hints
-    """aiohttp's gunicorn worker whose access log redacts secrets (`?token=`, `?share=`).
+    """aiohttp's gunicorn worker whose access log redacts secrets (`?token=`, `?share=`), and
+    whose error log does not quote requests it cannot parse (serverlog.py).
 
     aiohttp's worker builds its AppRunner with aiohttp's own access logger, whose
     request line prints the query, a publish token in full. The broker cannot fix that
@@ -39,7 +41,7 @@ class Worker(GunicornUVLoopWebWorker):  # type: ignore[misc]  # gunicorn has no 
         async def runner() -> web.AppRunner:
             return web.AppRunner(
                 app,
-                logger=self.log,
+                logger=ServerLog(self.log),
                 keepalive_timeout=self.cfg.keepalive,
                 access_log=self.log.access_log if self.cfg.accesslog else None,
                 access_log_class=RedactingAccessLogger,

@@ -13,6 +13,7 @@ from .auth import RedactingAccessLogger
 from .config import Settings
 from .gate import ConnectionGate
 from .limits import Limits
+from .serverlog import ServerLog
 from .tls import Certificate, TLSAcceptor
 
 __all__ = ["BrokerServer"]
@@ -34,6 +35,7 @@ class BrokerServer:
         self._runner = web.AppRunner(
             self.app,
             handle_signals=False,
+            logger=ServerLog(logging.getLogger("aiohttp.server")),
             access_log_class=RedactingAccessLogger,
             access_log=logging.getLogger("aiohttp.access") if self.settings.access_log else None,
             shutdown_timeout=self.settings.shutdown_timeout,

@@ -141,7 +141,15 @@ async def raw_request(port: int, head: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     "header",
-    [b"Bearer \xff\xfe", b"Basic \xff\xfe", b"Basic !!!notbase64", b"Basic " + b"bm9jb2xvbg==", b"Basic"],
+    [
+        b"Bearer \xff\xfe",
+        b"Basic \xff\xfe",
+        b"Basic !!!notbase64",
+        b"Basic " + b"bm9jb2xvbg==",
+        b"Basic",
+        b"Bearer some-token\x7f",  # control characters: aiohttp's parser refuses the request itself
+        b"Basic YWxpY2U6cHc=\x0b",
+    ],
 )
 async def test_a_malformed_authorization_header_is_a_clear_client_error(family, caplog, header):
     """Garbage in Authorization gets 400 or 401, never a 500 or a traceback."""

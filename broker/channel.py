@@ -14,6 +14,8 @@ from .variants import Sizes, Variant, Variants
 
 __all__ = ["Channel", "Publisher", "Viewer"]
 
+CAPTURING_AT_LEAST = 0.5  # seconds a frame counts as "just in" however fast the camera runs
+
 
 class Publisher(Protocol):
     """What a channel needs from the connection that feeds it frames."""
@@ -95,6 +97,7 @@ class Channel:
         self.fps = 0.0
         self.bytes_per_second = 0.0
         self._offline_after = offline_after
+        self._frame_gap: float | None = None  # the usual seconds between frames, pauses left out
         self._viewers: set[Viewer] = set()
         self._full_size: set[Viewer] = set()  # the others are fed by self.variants
         self._ticking: set[Viewer] = set()
@@ -128,6 +131,12 @@ class Channel:
 
     def show(self, frame: Frame) -> None:
         """Make `frame` (this node's, or another node's) the newest and schedule its fan-out."""
+        previous = self.latest
+        if previous is not None and frame.seq == previous.seq + 1:  # not across a pause or a skip
+            gap = frame.received_mono - previous.received_mono
+            if 0 <= gap < self._offline_after:
+                usual = self._frame_gap
+                self._frame_gap = gap if usual is None else usual + (gap - usual) / 8
         self.latest = frame
         self.last_seq = frame.seq
         self.last_active = frame.received_mono
@@ -304,6 +313,18 @@ class Channel:
     def status_since(self) -> float:
         """Unix time of the last online/offline change."""
         return self._status_since
+
+    def capturing(self, now: float) -> bool:
+        """Whether frames are still coming: the last one arrived within three of the camera's
+        usual intervals between frames (at least half a second, at most --offline-after).
+
+        An agent that paused capture for lack of viewers sent its last frame a moment ago
+        by the clock of --offline-after, but long ago by its own frame rate.
+        """
+        if self.latest is None:
+            return False
+        due = min(self._offline_after, max(CAPTURING_AT_LEAST, 3 * (self._frame_gap or 0.0)))
+        return now - self.latest.received_mono < due
 
     def expected_online(self, now: float) -> bool:
         """Online: a recent frame, or a publisher that owes none (no viewers, or just asked)."""

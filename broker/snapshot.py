@@ -80,14 +80,16 @@ async def _fresh(
 
     A snapshot counts as a viewer (--snapshot-grace), so an agent that paused capture for
     lack of viewers starts again; the answer waits up to --snapshot-wait for its first
-    frame. A camera whose last frame is younger than --offline-after is capturing and
-    answers at once, and so does one whose cached frame is no older than `?max_age=`.
+    frame. A camera still capturing (its last frame came within a few of its usual
+    intervals, `Channel.capturing`) answers at once, and so does one whose cached frame
+    is no older than `?max_age=`.
     """
     if channel.publisher is None:
         return frame  # nobody could bring a newer one
-    age = time.monotonic() - frame.received_mono if frame is not None else None
+    now = time.monotonic()
+    age = now - frame.received_mono if frame is not None else None
     # Frames still arriving (someone watches, or the agent is always on): no waiting.
-    capturing = age is not None and age < settings.offline_after
+    capturing = channel.capturing(now)
     channel.note_snapshot(settings.snapshot_grace)
     if age is not None and (age <= max_age if max_age is not None else capturing):
         return frame

@@ -280,3 +280,38 @@ async def test_a_real_viewer_is_not_snapshot_only(start_broker, http):
         "snapshot_only": True,
     }
     await pub.close()
+
+
+async def test_a_poll_soon_after_the_camera_paused_still_gets_a_fresh_frame(start_broker, http):
+    """A camera at 20 fps that paused a second ago: its last frame is younger than --offline-after,
+    but twenty frame intervals old, so the snapshot wakes it and waits for a new frame, as for a
+    Home Assistant poll every 10 s against a --snapshot-grace of 5 s."""
+    broker = await start_broker(snapshot_wait=5.0, offline_after=5.0)
+    pub = await publisher(http, broker, "cam")
+    for n in range(10):
+        await pub.send_bytes(make_jpeg((n * 20, 10, 10)))
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)
+    assert 1.0 < broker.settings.offline_after
+    asking = asyncio.ensure_future(http.get(broker.url("/cameras/cam/snapshot.jpg")))
+    assert await asyncio.wait_for(pub.receive_json(), 5) == {"type": "viewers", "count": 1, "snapshot_only": True}
+    fresh = make_jpeg((200, 100, 0))
+    await pub.send_bytes(fresh)
+    async with await asyncio.wait_for(asyncio.shield(asking), 5) as resp:
+        assert await resp.read() == fresh
+    await pub.close()
+
+
+async def test_a_camera_still_capturing_answers_at_once(start_broker, http):
+    """Frames arriving at their usual pace: the newest is served without waiting for another."""
+    broker = await start_broker(snapshot_wait=5.0)
+    pub = await publisher(http, broker, "cam")
+    for n in range(5):
+        last = make_jpeg((n * 40, 10, 10))
+        await pub.send_bytes(last)
+        await asyncio.sleep(0.2)
+    started = time.monotonic()
+    async with http.get(broker.url("/cameras/cam/snapshot.jpg")) as resp:
+        assert await resp.read() == last
+    assert time.monotonic() - started < 1
+    await pub.close()

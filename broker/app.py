@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     """Build the broker for `settings` (FRAMEBROKER_* variables and their config file if None).
 
     Works with `web.run_app`, aiohttp's test utilities and gunicorn's aiohttp worker
-    (`gunicorn 'broker.app:create_app()' -k aiohttp.GunicornUVLoopWebWorker`). Raises
+    (`gunicorn 'broker.app:create_app()' -k broker.gunicorn.Worker`, README). Raises
     ConfigError for a configuration the broker cannot run with.
     """
     settings = settings or settings_from_env()

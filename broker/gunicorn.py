@@ -7,12 +7,15 @@ Run it as README's "Broker configuration" shows:
 from __future__ import annotations
 
 import logging
+import os
+from socket import AF_INET, AF_INET6
 
 from aiohttp import web
 from aiohttp.worker import GunicornUVLoopWebWorker
 
 from .app_keys import SETTINGS
 from .auth import RedactingAccessLogger
+from .config import is_loopback
 from .serverlog import ServerLog
 
 __all__ = ["Worker"]
@@ -32,6 +35,7 @@ class Worker(GunicornUVLoopWebWorker):  # type: ignore[misc]  # gunicorn has no 
     """
 
     def load_wsgi(self) -> None:
+        self._listen_where_gunicorn_binds()
         super().load_wsgi()
         app = self.wsgi
         if not isinstance(app, web.Application):
@@ -49,6 +53,16 @@ class Worker(GunicornUVLoopWebWorker):  # type: ignore[misc]  # gunicorn has no 
             )
 
         self.wsgi = runner
+
+    def _listen_where_gunicorn_binds(self) -> None:
+        """The broker's host and port are gunicorn's --bind (a non-loopback one, if any), whatever
+        FRAMEBROKER_HOST says: its Host check and its refusal to serve every camera to a network
+        without accounts must judge the address that really listens."""
+        bound = [sock.getsockname() for sock in self.sockets if sock.family in (AF_INET, AF_INET6)]
+        if bound:
+            host, port = next((address for address in bound if not is_loopback(address[0])), bound[0])[:2]
+            os.environ["FRAMEBROKER_HOST"] = host
+            os.environ["FRAMEBROKER_PORT"] = str(port)
 
     def _send_broker_logs_to_error_log(self, app: web.Application) -> None:
         """The broker's log lines (camera, client, TLS) go where gunicorn's error log goes, at --log-level.

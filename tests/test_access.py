@@ -232,11 +232,14 @@ async def test_a_tampered_session_cookie_is_nobody(family):
 async def test_cookie_is_secure_when_a_trusted_proxy_says_https(start_broker, tmp_path):
     """Behind a TLS-terminating proxy that the broker trusts, the cookie gets Secure."""
     broker = await start_broker(config=family_config(tmp_path), trusted_proxies=("127.0.0.1",))
-    async with aiohttp.ClientSession() as http, http.post(
-        broker.url("/login"),
-        data={"username": "alice", "password": PASSWORDS["alice"]},
-        headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"},
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            broker.url("/login"),
+            data={"username": "alice", "password": PASSWORDS["alice"]},
+            headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"},
+        ) as resp,
+    ):
         assert resp.status == 200
         assert resp.cookies["framebroker_session"]["secure"]
 

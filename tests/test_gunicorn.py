@@ -144,3 +144,55 @@ async def test_gunicorn_recipe_serves_tls_frames_and_redacts_the_token(gunicorn_
     assert '"GET /cameras/garden/publish?token=*** HTTP/1.1" 101' in log
     assert "[ERROR]" not in log and "Traceback" not in log, log
     assert "camera garden: publisher 127.0.0.1 connected" in log  # the broker's own lines are kept
+
+
+async def run_gunicorn_on_all_addresses(tmp_path, **env: str) -> tuple[asyncio.subprocess.Process, str]:
+    """gunicorn bound to 0.0.0.0 (no TLS); the process and its log up to "Booting worker" or its exit."""
+    command = [
+        sys.executable, "-m", "gunicorn", "broker.app:create_app()",
+        "-k", "broker.gunicorn.Worker", "-w", "1", "--bind", "0.0.0.0:0",
+    ]  # fmt: skip
+    if hasattr(gunicorn.config, "ControlSocketDisable"):
+        command.append("--no-control-socket")
+    env = {**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"), **env}
+    env.pop("FRAMEBROKER_HOST", None)
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    log = ""
+    while line := (await asyncio.wait_for(proc.stdout.readline(), 30)).decode():
+        log += line
+        if "Booting worker" in line:
+            break
+    return proc, log
+
+
+async def test_gunicorn_bound_to_every_address_refuses_to_serve_everyone_without_accounts(tmp_path):
+    """The broker judges gunicorn's --bind, not its own default host: no accounts, no --public, no start."""
+    proc, log = await run_gunicorn_on_all_addresses(tmp_path)
+    assert proc.stdout is not None
+    log += (await asyncio.wait_for(proc.stdout.read(), 30)).decode()
+    assert await asyncio.wait_for(proc.wait(), 30) != 0
+    assert "host='0.0.0.0' is reachable from other machines, but no viewer access is configured" in log
+
+
+async def test_gunicorn_bound_to_every_address_answers_any_host(tmp_path):
+    """Off loopback the broker accepts any Host by default, under gunicorn too."""
+    proc, log = await run_gunicorn_on_all_addresses(tmp_path, FRAMEBROKER_PUBLIC="1")
+    port = int(re.search(r"Listening at: http://0\.0\.0\.0:(\d+)", log).group(1))
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):  # the worker boots after gunicorn listens
+                try:
+                    async with http.get(
+                        f"http://127.0.0.1:{port}/healthz", headers={"Host": "cams.example.org"}
+                    ) as resp:
+                        status = resp.status
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+        assert status == 200
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)

@@ -205,7 +205,8 @@ def _default_base_url(settings: Settings) -> str:
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{settings.port}/"
+    scheme = "https" if settings.tls_cert is not None else "http"
+    return f"{scheme}://{shown}:{settings.port}/"
 
 
 COMMANDS = {"hash-password": hash_password_command, "share": share_command}

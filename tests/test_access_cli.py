@@ -214,3 +214,24 @@ async def test_no_secret_reaches_any_log_line(run_broker, tmp_path):
     for secret in secrets:
         for piece in {secret, secret[:8], secret[-8:]}:
             assert piece not in log, f"{piece!r} (part of a secret) is in the log"
+
+
+def test_share_links_of_a_broker_with_tls_are_https(tmp_path):
+    """Without --base-url, the links name the broker's own scheme, host and port."""
+    env = {
+        **os.environ,
+        "FRAMEBROKER_STATE_DIR": str(tmp_path),
+        "FRAMEBROKER_PORT": "8443",
+        "FRAMEBROKER_TLS_CERT": str(tmp_path / "fullchain.pem"),
+        "FRAMEBROKER_TLS_KEY": str(tmp_path / "privkey.pem"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "share", "garden"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    for line in result.stdout.splitlines():
+        assert line.split(": ", 1)[1].startswith("https://127.0.0.1:8443/"), line

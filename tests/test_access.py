@@ -389,3 +389,70 @@ async def test_the_session_cookie_is_scoped_to_the_pages_path(family):
             form = {"username": "alice", "password": PASSWORDS["alice"], **({"path": sent} if sent else {})}
             async with http.post(family.url("/login"), data=form) as resp:
                 assert resp.cookies["framebroker_session"]["path"] == expected
+
+
+async def test_public_and_every_signed_in_user_cameras(start_broker, http, tmp_path):
+    """public = true: anyone, no sign-in; viewers = ["*"]: every signed-in user, nobody else."""
+    extra = '\n[[camera]]\nid = "beach"\npublic = true\n\n[[camera]]\nid = "hall"\nviewers = ["*"]\n'
+    broker = await start_broker(config=family_config(tmp_path, extra), auth_failures_per_minute=1000)
+    for camera in ("beach", "hall"):
+        async with http.post(
+            broker.url(f"/cameras/{camera}/publish"), data=make_jpeg(), headers=broker.auth
+        ) as resp:
+            assert resp.status == 204
+    for route in VIEW_ROUTES:
+        ok = 101 if route == "ws" else 200
+        assert (await status_of(http, broker, route, "beach", {}))[0] == ok
+        assert (await status_of(http, broker, route, "hall", {}))[0] == 401
+        for name in PASSWORDS:
+            assert (await status_of(http, broker, route, "hall", basic(name)))[0] == ok
+    async with http.get(broker.url("/api/cameras")) as resp:
+        assert [c["id"] for c in (await resp.json())["cameras"]] == ["beach"]
+
+
+async def test_one_cameras_detail_is_for_its_viewers_only(family, http):
+    """/api/cameras/{id}: 401 without credentials, 403 for a user who may not watch it."""
+    async with http.get(family.url("/api/cameras/door")) as resp:
+        assert resp.status == 401
+    async with http.get(family.url("/api/cameras/door"), headers=basic("alice")) as resp:
+        assert resp.status == 403
+    async with http.get(family.url("/api/cameras/door"), headers=basic("bob")) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["id"] == "door"
+
+
+async def test_a_signed_in_request_from_another_sites_page_is_refused(family):
+    """A cookie-authenticated request that carries a foreign Origin gets 403, not the user's data."""
+    async with browser_like_session() as http:
+        assert (await sign_in(http, family, "alice")).status == 200
+        async with http.get(family.url("/api/cameras")) as resp:
+            assert resp.status == 200
+        async with http.get(family.url("/api/cameras"), headers={"Origin": "https://evil.example"}) as resp:
+            assert resp.status == 403
+        async with http.get(
+            family.url("/cameras/garden/snapshot.jpg"), headers={"Origin": "https://evil.example"}
+        ) as resp:
+            assert resp.status == 403
+
+
+@pytest.mark.parametrize(
+    "path", ["/?action=snapshot&camera={}", "/?action=stream&camera={}", "/snapshot", "/stream"]
+)
+async def test_the_urls_of_other_camera_servers_keep_the_access_rules(start_broker, http, tmp_path, path):
+    """mjpg-streamer's and µStreamer's URLs are the camera's own routes: same 401 and 403."""
+    broker = await start_broker(
+        config=family_config(tmp_path), auth_failures_per_minute=1000, default_camera="door"
+    )
+    async with http.post(broker.url("/cameras/door/publish"), data=make_jpeg(), headers=broker.auth) as r:
+        assert r.status == 204
+    url = broker.url(path.format("door"))
+    for headers, status in ((None, 401), (basic("alice"), 403), (basic("bob"), 200)):
+        async with http.get(url, headers=headers) as resp:
+            assert resp.status == status, (headers, resp.status)
+
+
+async def test_a_broker_off_loopback_answers_any_host_by_default(start_broker, http):
+    """Listening for other machines without --allowed-hosts: their names for it are not known, so any goes."""
+    broker = await start_broker(host="0.0.0.0", public=True)
+    async with http.get(broker.url("/healthz"), headers={"Host": "cams.example.org"}) as resp:
+        assert resp.status == 200

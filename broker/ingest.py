@@ -8,10 +8,11 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from .app_keys import AUTH, CLUSTER, HUB, SETTINGS
+from .app_keys import AUTH, CLUSTER, HUB, METRICS, SETTINGS
 from .channel import Channel
 from .hub import TooManyCameras
 from .jpeg import is_complete_jpeg
+from .metrics import Rejections
 from .params import camera_id, peer, require_websocket_13
 from .websocket import StrictWebSocket
 
@@ -62,6 +63,7 @@ def open_channel(request: web.Request, camera: str) -> Channel:
     try:
         return request.app[HUB].channel_for_publisher(camera)
     except TooManyCameras as exc:
+        request.app[METRICS].rejections.count("cameras")
         raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers={"Retry-After": "60"}) from None
 
 
@@ -92,13 +94,21 @@ async def read_frame(request: web.Request, max_bytes: int) -> bytes:
 class PublisherSession:
     """One camera agent connected over WebSocket: frames in, viewer counts out."""
 
-    def __init__(self, ws: web.WebSocketResponse, channel: Channel, peer: str, max_bad_frames: int) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        channel: Channel,
+        peer: str,
+        max_bad_frames: int,
+        rejections: Rejections,
+    ) -> None:
         self.ws = ws
         self.channel = channel
         self.peer = peer
         # Fields of every log line about this publisher (keys of their own in JSON logs).
         self.log_context = {"camera": channel.camera, "peer": peer}
         self._max_bad_frames = max_bad_frames
+        self._rejections = rejections
         self._bad_in_a_row = 0
         self._bad_frames = 0
         self._viewers = 0
@@ -158,6 +168,7 @@ class PublisherSession:
             if exc.ws_code == CLOSE_UNSUPPORTED_DATA:
                 self._on_bad_frame(exc.reason)
             else:
+                self._rejections.count("frame_too_large")
                 self._reject(exc.ws_code, exc.reason)
             return
         self._bad_in_a_row = 0
@@ -212,6 +223,7 @@ class PublisherSession:
     def _on_error(self, exc: BaseException) -> None:
         # aiohttp has already closed the socket with the matching code (1009 for a too-large
         # message, 1002/1007 for protocol errors); say why, once.
+        self._rejections.count("frame_too_large" if self.ws.close_code == CLOSE_TOO_BIG else "protocol")
         log.warning(
             "camera %s: publisher %s closed: %s (code %s)",
             self.channel.camera,
@@ -295,7 +307,9 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
     except BaseException:
         hub.release(channel)
         raise
-    session = PublisherSession(ws, channel, peer(request), settings.max_bad_frames)
+    session = PublisherSession(
+        ws, channel, peer(request), settings.max_bad_frames, request.app[METRICS].rejections
+    )
     log.info("camera %s: publisher %s connected", channel.camera, session.peer, extra=session.log_context)
     cluster = request.app.get(CLUSTER)
     with hub.track(session):
@@ -340,7 +354,9 @@ async def publish_post(request: web.Request) -> web.Response:
             extra={"camera": camera, "peer": source},
         )
         channel = request.app[HUB].channel(camera)
-        if channel is not None and exc.ws_code == CLOSE_UNSUPPORTED_DATA:
+        if exc.ws_code == CLOSE_TOO_BIG:
+            request.app[METRICS].rejections.count("frame_too_large")
+        elif channel is not None:
             channel.frames_bad += 1
         response = web.Response(status=exc.http_status, text=exc.reason + "\n")
         response.force_close()  # the rest of a refused body is not worth reading

@@ -51,6 +51,7 @@ class Metrics:
         connections: Callable[[], int],
         rejections: Rejections,
     ) -> None:
+        self.rejections = rejections  # counted where each refusal happens
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

@@ -11,7 +11,7 @@ from aiohttp import WSMsgType, web
 
 from . import wire
 from .access import Principal
-from .app_keys import AUTH, HUB, LIMITS, RESIZER, SETTINGS
+from .app_keys import AUTH, HUB, LIMITS, METRICS, RESIZER, SETTINGS
 from .channel import Channel
 from .clients import client_of
 from .config import CAMERA_ID
@@ -214,6 +214,7 @@ class MuxSession(ViewerSession):
     def _answer_bad(self, problem: BadRequest) -> None:
         if not isinstance(problem, Refused):
             self._bad += 1
+            self._request.app[METRICS].rejections.count("bad_message")
         self.mux.reply(_message(type="error", camera=problem.camera, error=str(problem)))
 
     async def _close_for_abuse(self) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .access_support import GARDEN_TOKEN, basic, family_config
 from .conftest import make_jpeg, next_binary, publisher
+from .test_viewer import stalled_viewer
 
 
 async def scrape(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> dict:
@@ -93,3 +95,50 @@ async def test_camera_detail_lists_each_viewer_and_its_lag(broker, http):
     mjpeg.close()
     await ws.close()
     await pub.close()
+
+
+async def test_a_stalled_viewer_shows_its_skips_and_lag(start_broker, http):
+    """A viewer that stops reading: newest wins skips frames for it; the detail says how far behind it is."""
+    broker = await start_broker(viewer_send_timeout=30.0, heartbeat=30.0)
+    pub = await publisher(http, broker, "garden")
+    stalled = await asyncio.to_thread(stalled_viewer, broker.port, "/cameras/garden/ws")
+    try:
+        for n in range(12):
+            await pub.send_bytes(make_jpeg((n * 20, 100, 50), size=(1280, 720), noise=n + 1))
+            await asyncio.sleep(0.05)
+        async with http.get(broker.url("/api/cameras/garden")) as resp:
+            (entry,) = (await resp.json())["viewer_list"]
+        assert entry["frames_skipped"] >= 1 and entry["lag_frames"] >= 1
+        metrics = await scrape(http, broker.url("/metrics"))
+        assert metrics[("framebroker_frames_skipped_total", (("camera", "garden"),))] >= 1
+    finally:
+        stalled.close()
+        await pub.close()
+
+
+async def test_refusals_are_counted_by_reason(start_broker, http):
+    """Caps, a full camera table, bad and oversized frames, bad /ws requests: each has its reason."""
+    broker = await start_broker(max_cameras=1, max_viewers_per_camera=1, max_frame_bytes=50_000)
+    pub = await publisher(http, broker, "garden")
+    await pub.send_bytes(b"not a jpeg")
+    viewer = await http.ws_connect(broker.ws_url("/cameras/garden/ws"))
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await http.ws_connect(broker.ws_url("/cameras/garden/ws"))
+    async with http.post(broker.url("/cameras/door/publish"), data=make_jpeg(), headers=broker.auth) as r:
+        assert r.status == 503  # max_cameras
+    big = make_jpeg(size=(1280, 720), noise=1)
+    async with http.post(broker.url("/cameras/garden/publish"), data=big, headers=broker.auth) as r:
+        assert r.status == 413
+    grid = await http.ws_connect(broker.ws_url("/ws"))
+    await grid.send_str("{not json")
+    assert (await grid.receive_json())["type"] == "error"
+    metrics = await scrape(http, broker.url("/metrics"))
+    counted = {
+        dict(labels)["reason"]: value
+        for (name, labels), value in metrics.items()
+        if name == "framebroker_rejected_total"
+    }
+    for reason in ("bad_frame", "viewers_per_camera", "cameras", "frame_too_large", "bad_message"):
+        assert counted.get(reason, 0) >= 1, (reason, counted)
+    for ws in (grid, viewer, pub):
+        await ws.close()

@@ -76,7 +76,9 @@ async def test_readme_quick_start_runs_the_demo_in_a_fresh_venv(tmp_path: Path):
         process = await asyncio.create_subprocess_shell(
             command,
             cwd=copy,
-            env={**os.environ, "FRAMEBROKER_PORT": str(port)},  # 8080 may be taken on this machine
+            # 8080 may be taken on this machine. The system's python3 comes first, as on a fresh
+            # Debian: it refuses `pip install` outside a virtual environment.
+            env={**os.environ, "FRAMEBROKER_PORT": str(port), "PATH": f"/usr/bin:{os.environ['PATH']}"},
             stdout=output,
             stderr=output,
             start_new_session=True,  # its own process group: the shell and the broker stop together

@@ -175,6 +175,14 @@ def test_shipped_units_verify_and_are_hardened(tmp_path, systemd_analyze, shippe
         [systemd_analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )
     assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+    text = unit.read_text()
+    for setting in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"):
+        assert setting in text
+    assert "Type=notify" in text and "WatchdogSec=" in text and "LimitNOFILE=" in text
+    if shipped.startswith("camera-agent"):
+        assert "SupplementaryGroups=video" in text and "DeviceAllow=char-video4linux rw" in text
+    else:
+        assert "StateDirectory=framebroker" in text
     security = subprocess.run(
         [systemd_analyze, "security", "--offline=yes", f"--threshold={exposure}", str(unit)],
         capture_output=True, text=True, timeout=60, check=False,

@@ -100,11 +100,16 @@ class Capture:
                         f"{self._bad_in_a_row} frames in a row were not complete JPEGs, reopening it"
                     )
                 if idle in done:
-                    self._log.info(
-                        "camera %s: no viewers for %gs, closing the source",
-                        self._camera.id,
-                        self._camera.idle_grace,
-                    )
+                    if self._demand.snapshot_only:
+                        self._log.info(
+                            "camera %s: the snapshots' demand ended, closing the source", self._camera.id
+                        )
+                    else:
+                        self._log.info(
+                            "camera %s: no viewers for %gs, closing the source",
+                            self._camera.id,
+                            self._camera.idle_grace,
+                        )
                     return _Outcome.IDLE, ""
                 silent = loop.time() - self._last_frame_at
                 if self._source.steady and silent > self._camera.stall_timeout:

@@ -9,6 +9,7 @@ import logging
 import socket
 import time
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -83,8 +84,9 @@ class _Sender:
         self._stats = stats
         self._headers = {"Authorization": f"Bearer {broker.token}", "User-Agent": AGENT}
         self._backoff = Backoff(broker.backoff_initial, broker.backoff_max)
-        # Every line about this camera carries it as a field (a key of its own in JSON logs).
-        self._log = logging.LoggerAdapter(log, {"camera": camera.id})
+        # Every line about this camera carries it, and the broker at the other end (host:port),
+        # as fields: keys of their own in JSON logs, as the broker's lines carry camera and peer.
+        self._log = logging.LoggerAdapter(log, {"camera": camera.id, "peer": urlsplit(broker.url).netloc})
         self._failures = FailureLog(self._log, f"camera {camera.id}")
         self._oversize_logged_at: float | None = None
         self._oversize = 0

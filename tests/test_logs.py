@@ -59,8 +59,9 @@ async def test_broker_json_log_lines_carry_camera_and_peer(run_broker):
         assert (entry["camera"], entry["peer"]) == ("garden", "127.0.0.1"), entry
 
 
-async def test_agent_json_log_lines_carry_the_camera(broker):
-    """`camera-agent --log-format json` logs JSON lines; its connection line has the camera as a key."""
+async def test_agent_json_log_lines_carry_the_camera_and_peer(broker):
+    """`camera-agent --log-format json` logs JSON lines; its connection line has the camera and
+    the broker it talks to (its peer) as keys."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "camera_agent", "--broker", broker.url(""), "--camera", "garden",
         "--source", "synthetic", "--fps", "5", "--log-format", "json",
@@ -76,6 +77,7 @@ async def test_agent_json_log_lines_carry_the_camera(broker):
             lines.append(line)
             entry = json.loads(line)
             if entry.get("camera") == "garden" and "connected to" in entry["message"]:
+                assert entry["peer"] == f"127.0.0.1:{broker.port}"
                 break
     finally:
         proc.send_signal(signal.SIGTERM)

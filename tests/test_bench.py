@@ -287,3 +287,23 @@ def test_idle_viewers_beyond_the_brokers_waiting_limit_all_connect(tmp_path: Pat
     row = json.loads(results.read_text())
     assert (row["ws_connected"], row["connect_failures"]) == (300, 0)
     assert row["idle_rss_kb_per_viewer"] > 0
+
+
+def test_cluster_scenario_compares_a_node_fed_through_redis_with_a_single_broker(tmp_path: Path) -> None:
+    """`--scenario cluster`: its own redis-server, the viewers on node B with the publisher on node A,
+    against one broker serving the same viewers; no frame lost or repeated on either."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not found: the cluster scenario needs Debian's redis-server package")
+    results = tmp_path / "rows.json"
+    command = [sys.executable, "-m", "bench", "--scenario", "cluster", "--viewers", "4",
+               "--size", "320x240", "--duration", "3", "--warmup", "0.5", "--drain", "0.5",
+               "--quiet", "--json", str(results)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [row["server"] for row in rows] == ["broker", "node B (publisher on A)"]
+    for row in rows:
+        assert row["viewers_connected"] == 4
+        assert row["connect_failures"] == row["lost"] == row["malformed"] == row["dups"] == 0
+        assert row["delivered"] > 0
+    assert "node B's CPU per delivered frame" in done.stdout

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -38,6 +39,10 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, password: str | None = None) -> Redis:
+        """A redis-py client of this server, for a test to look at what the nodes keep there."""
+        return Redis(host="127.0.0.1", port=self.port, password=password)
 
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

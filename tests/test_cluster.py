@@ -174,6 +174,79 @@ async def test_a_publisher_on_another_node_takes_over(
         assert resp.status == 409  # node A knows the camera is held on B
 
 
+async def test_a_camera_back_after_a_long_absence_goes_on_counting(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """A camera still watched on node B returns on node A, which forgot it (--forget-after)
+    while Redis' own copy of its number expired: its numbers go on from B's, so B's viewer
+    sees its first frame at once."""
+    a, viewer, last = await watched_then_left(run_broker, redis, http, "attic", "--forget-after", "4")
+
+    async def forgotten_on_a() -> bool:
+        return await camera_entry(http, a, "attic") is None
+
+    await eventually(forgotten_on_a, timeout=20, what="node A forgetting the camera")
+    async with redis.client() as client:
+
+        async def frame_expired() -> bool:
+            return not await client.exists("framebroker:latest:attic")
+
+        await eventually(frame_expired, timeout=20, what="its last frame expiring in Redis")
+    await goes_on_counting(http, a, "attic", viewer, last)
+
+
+async def test_a_camera_back_after_redis_restarted_goes_on_counting(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """Redis restarts empty after a camera's publisher left: the nodes that remember the camera
+    put its number back, so a publisher on a node started later goes on from there."""
+    _, viewer, last = await watched_then_left(run_broker, redis, http, "cellar")
+    redis.kill()
+    await redis.start()
+    async with redis.client() as client:
+
+        async def number_back() -> bool:
+            return await client.get("framebroker:seq:cellar") == str(last).encode()
+
+        await eventually(number_back, what="the camera's number back in Redis")
+    c = await node(run_broker, redis, "c")
+    await redis_state(http, c, "up")  # else its publisher's first frame stays on node C
+    await goes_on_counting(http, c, "cellar", viewer, last)
+
+
+async def watched_then_left(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession, camera: str, *flags: str
+) -> tuple[BrokerProcess, aiohttp.ClientWebSocketResponse, int]:
+    """Nodes A and B: a publisher on A sent three frames to a viewer on B, then left.
+    Returns node A, the viewer, and the last sequence number it got."""
+    a = await node(run_broker, redis, "a", *flags)
+    b = await node(run_broker, redis, "b", *flags)
+    pub = await publisher_on(http, a, camera)
+    await held_by(http, b, camera, "a")
+    viewer = await http.ws_connect(ws_url(b, f"/cameras/{camera}/ws?header=1"))
+    last = 0
+    for index in range(3):
+        await pub.send_bytes(make_jpeg((90, index, 90)))
+        last = seq_of(await frame_with_seq_after(viewer, last))
+    await pub.close()
+    return a, viewer, last
+
+
+async def goes_on_counting(
+    http: aiohttp.ClientSession,
+    broker: BrokerProcess,
+    camera: str,
+    viewer: aiohttp.ClientWebSocketResponse,
+    last: int,
+) -> None:
+    """A new publisher on `broker`: its first frame reaches `viewer` numbered `last` + 1."""
+    returning = await publisher_on(http, broker, camera)
+    jpeg = make_jpeg((250, 90, 90), text="back")
+    await returning.send_bytes(jpeg)
+    message = await frame_with_seq_after(viewer, last)
+    assert message[16:] == jpeg and seq_of(message) == last + 1
+
+
 async def test_demand_counts_viewers_on_every_node(
     run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession, tmp_path: Path
 ):

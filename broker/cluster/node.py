@@ -54,6 +54,7 @@ class ClusterNode:
             hub,
             self.name,
             settings.node_ttl,
+            remember=settings.forget_after,
             on_remote_viewers=self._remote_viewers,
             on_holder_changed=self._holder_changed,
             announce=self._announce,

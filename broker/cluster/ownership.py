@@ -6,6 +6,9 @@ rising across a takeover. Every node learns claims from control messages and fro
 periodic read of all claims, and attaches a `RemotePublisher` to its channel of a
 camera held elsewhere: the channel then closes its own publisher (4000), refuses POSTs
 (409), lists the camera, and counts it online as it does for a local publisher.
+
+The number outlives the claim and the frames: every node keeps it alive in Redis for each
+camera it still remembers, as a single broker keeps counting while it remembers a camera.
 """
 
 from __future__ import annotations
@@ -71,6 +74,19 @@ else
 end
 redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[2])
 return {false, redis.call('GET', KEYS[3])}
+"""
+
+# KEYS: seq of each camera this node remembers; ARGV: ttl ms, then each camera's last
+# sequence number here. A number never goes back (not after it expired, nor after Redis
+# restarted empty): each key rises to at least this node's, and lives at least ttl more.
+REMEMBER = """
+for i, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') < tonumber(ARGV[i + 1]) then
+    redis.call('SET', key, ARGV[i + 1], 'KEEPTTL')
+  end
+  if redis.call('PTTL', key) < tonumber(ARGV[1]) then redis.call('PEXPIRE', key, ARGV[1]) end
+end
+return 0
 """
 
 # KEYS: cameras; ARGV: owner, latest and agent key prefixes. Every held camera, its holder
@@ -139,6 +155,7 @@ class Ownership:
         node: str,
         ttl: float,
         *,
+        remember: float,
         on_remote_viewers: Callable[[Channel, int], None],
         on_holder_changed: Callable[[Channel], None],
         announce: Callable[[dict[str, object]], None],
@@ -148,6 +165,8 @@ class Ownership:
         self._hub = hub
         self.node = node
         self._ttl_ms = max(1, int(ttl * 1000))
+        # A remembered camera's number lives while this node may forget it (or dies) and then some.
+        self._remember_ms = max(self._ttl_ms, int(remember * 1000))
         self._on_remote_viewers = on_remote_viewers
         self._on_holder_changed = on_holder_changed
         self._announce = announce
@@ -157,7 +176,15 @@ class Ownership:
         self._release = Script(link.client, RELEASE)
         self._refresh = Script(link.client, REFRESH)
         self._holders = Script(link.client, HOLDERS)
-        self.scripts = [self._claim, self._claim_post, self._release, self._refresh, self._holders]
+        self._remember = Script(link.client, REMEMBER)
+        self.scripts = [
+            self._claim,
+            self._claim_post,
+            self._release,
+            self._refresh,
+            self._holders,
+            self._remember,
+        ]
         self._full_log = LogLimiter(log)
 
     def _holder(self, kind: str, **more: str) -> str:
@@ -240,9 +267,16 @@ class Ownership:
     # -- all holders -------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Keep this node's claims alive, then learn every holder (each tick, and on reconnect)."""
+        """Keep the numbers of the cameras this node remembers and its claims alive, then learn
+        every holder (each tick, and on reconnect)."""
         keys = self._keys
         pipe = self._link.client.pipeline(transaction=False)
+        remembered = [channel for channel in self._hub.cameras() if channel.last_seq]
+        self._remember.queue(
+            pipe,
+            [keys.seq(channel.camera) for channel in remembered],
+            [self._remember_ms, *(channel.last_seq for channel in remembered)],
+        )
         mine = [(camera, claim) for camera, claim in self.claims.items() if claim.kind == "ws"]
         for camera, claim in mine:
             channel = self._hub.channel(camera)
@@ -252,7 +286,7 @@ class Ownership:
                 [claim.holder, self._ttl_ms, camera, json.dumps(channel.agent if channel else {})],
             )
         self._holders.queue(pipe, [keys.cameras], [keys.owner_prefix, keys.latest_prefix, keys.agent_prefix])
-        *refreshed, holders = await pipe.execute()
+        _, *refreshed, holders = await pipe.execute()
         for (camera, claim), (other, seq) in zip(mine, refreshed, strict=True):
             if self.claims.get(camera) is not claim:
                 continue

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.helpers import ETAG_ANY, rfc822_formatted_time
@@ -33,7 +35,8 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
     max_age = _max_age(request)
     cluster = request.app.get(CLUSTER)
     frame = channel.latest if cluster is None else await cluster.newest(channel)
-    frame = await _fresh(request.app[SETTINGS], channel, frame, max_age)
+    next_frame = channel.next_frame if cluster is None else functools.partial(cluster.next_frame, channel)
+    frame = await _fresh(request.app[SETTINGS], channel, frame, max_age, next_frame)
     if frame is None:
         raise web.HTTPServiceUnavailable(
             text=f"camera {camera!r} has no frame yet\n",
@@ -74,7 +77,11 @@ def _max_age(request: web.Request) -> float | None:
 
 
 async def _fresh(
-    settings: Settings, channel: Channel, frame: Frame | None, max_age: float | None
+    settings: Settings,
+    channel: Channel,
+    frame: Frame | None,
+    max_age: float | None,
+    next_frame: Callable[[float], Awaitable[Frame | None]],
 ) -> Frame | None:
     """The frame to answer with: the cached one if fresh enough, else a new one if it comes in time.
 
@@ -95,7 +102,7 @@ async def _fresh(
         return frame
     if settings.snapshot_wait <= 0:
         return frame
-    return await channel.next_frame(settings.snapshot_wait) or channel.latest
+    return await next_frame(settings.snapshot_wait) or channel.latest
 
 
 def _etag(frame: Frame) -> str:

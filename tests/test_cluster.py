@@ -286,6 +286,42 @@ async def test_demand_counts_viewers_on_every_node(
     assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 0}
 
 
+async def test_a_snapshot_subscribes_a_node_only_while_it_waits(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """A snapshot on node B of a paused camera on node A wakes A's agent and waits for its fresh
+    frame; once answered, B no longer receives the camera's frames, while the snapshot still
+    counts as a viewer of B for --snapshot-grace."""
+    a = await node(run_broker, redis, "a")
+    b = await node(run_broker, redis, "b", "--snapshot-grace", "60", "--snapshot-wait", "20")
+    pub = await publisher_on(http, a, "porch")
+    await held_by(http, b, "porch", "a")
+    await pub.send_bytes(make_jpeg((10, 10, 10)))
+    async with redis.client() as client:
+
+        async def stored() -> bool:
+            return bool(await client.exists("framebroker:latest:porch"))
+
+        await eventually(stored, what="the frame in Redis")
+        await asyncio.sleep(1.2)  # older than --offline-after: the last frame of an agent that paused
+        asking = asyncio.ensure_future(http.get(b.url("/cameras/porch/snapshot.jpg")))
+        assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 1}
+        fresh = make_jpeg((200, 100, 0), text="fresh")
+        while not asking.done():  # the agent captures again
+            await pub.send_bytes(fresh)
+            await asyncio.wait([asking], timeout=0.2)
+        async with asking.result() as resp:
+            assert resp.status == 200 and await resp.read() == fresh
+
+        async def unsubscribed() -> bool:
+            [(_, count)] = await client.pubsub_numsub("framebroker:0:frames:porch")
+            return count == 0
+
+        await eventually(unsubscribed, what="node B unsubscribing from the camera's frames")
+        counts = await client.hgetall("framebroker:demand:porch")
+    assert [count.split()[0] for node, count in counts.items() if node.startswith(b"b#")] == [b"1"]
+
+
 async def test_posts_hold_a_camera_through_any_node(
     run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
 ):

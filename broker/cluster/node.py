@@ -71,6 +71,7 @@ class ClusterNode:
         link.on_up(self._tick)
         link.on_down(self._down)
         self._tasks: list[asyncio.Task[None]] = []
+        self._snapshots_waiting: dict[str, int] = {}  # per camera, for a frame from another node
 
     # -- running ---------------------------------------------------------------------
 
@@ -157,6 +158,26 @@ class ClusterNode:
         await self._fetch_latest(channel)
         return channel.latest
 
+    async def next_frame(self, channel: Channel, timeout: float) -> Frame | None:
+        """The camera's next frame within `timeout` seconds, for a snapshot that waits for a fresh one.
+
+        This node receives the camera's frames while a snapshot waits, and only then: the
+        snapshot's grace counts as a viewer towards the holder's agent, but streaming every
+        frame to a node that has no viewers, to answer a poller, would cost a frame's
+        traffic per frame instead of one read of the latest-frame key per snapshot.
+        """
+        camera = channel.camera
+        self._snapshots_waiting[camera] = self._snapshots_waiting.get(camera, 0) + 1
+        self._holder_changed(channel)
+        try:
+            return await channel.next_frame(timeout)
+        finally:
+            if waiting := self._snapshots_waiting[camera] - 1:
+                self._snapshots_waiting[camera] = waiting
+            else:
+                del self._snapshots_waiting[camera]
+            self._holder_changed(channel)
+
     def health(self) -> dict[str, Any]:
         """The node and its Redis link, for /healthz."""
         return {"node": self.name, "redis": self.link.status()}
@@ -164,15 +185,18 @@ class ClusterNode:
     # -- internals -------------------------------------------------------------------
 
     def _holder_changed(self, channel: Channel) -> None:
-        """Relay frames of a camera we hold; receive those of one held elsewhere while it has viewers."""
+        """Relay frames of a camera we hold; receive those of one held elsewhere while it has viewers
+        or a waiting snapshot."""
         claim = self.ownership.holds(channel.camera)
         if claim is not None:
             channel.relay = functools.partial(self.relay.send, holder=claim.holder)
             self.subscriber.want(channel.camera, False)
             return
         channel.relay = None
-        # Viewers and waiting snapshots want the camera's frames here.
-        wanted = isinstance(channel.publisher, RemotePublisher) and channel.demand > 0
+        # Viewers and waiting snapshots want the camera's frames here; a snapshot's grace does not.
+        wanted = isinstance(channel.publisher, RemotePublisher) and bool(
+            channel.viewer_count or self._snapshots_waiting.get(channel.camera)
+        )
         was = self.subscriber.watching(channel.camera)
         self.subscriber.want(channel.camera, wanted)
         if wanted and not was and self.link.up:

@@ -1,10 +1,11 @@
 """Frames and news in: one pub/sub connection per node, read so that it never falls behind.
 
 The node subscribes to the control channel always, and to a camera's frames only while
-it has viewers of a camera published on another node. The reader keeps at most one frame
-per camera between passes of the event loop: when frames arrive faster than this node
-can show them, it skips to the newest, so nothing queues in the broker or in redis-py's
-reader. Redis bounds its side with `client-output-buffer-limit pubsub` (README).
+it has viewers of a camera published on another node, or a snapshot waits for its next
+frame. The reader keeps at most one frame per camera between passes of the event loop:
+when frames arrive faster than this node can show them, it skips to the newest, so
+nothing queues in the broker or in redis-py's reader. Redis bounds its side with
+`client-output-buffer-limit pubsub` (README).
 """
 
 from __future__ import annotations

@@ -247,6 +247,45 @@ async def goes_on_counting(
     assert message[16:] == jpeg and seq_of(message) == last + 1
 
 
+async def test_a_node_started_after_a_camera_left_shows_it_offline(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """Nodes started after the publishers on node A left list those cameras offline and answer
+    their snapshots with the last frames, as node A does; within --max-cameras only."""
+    a = await node(run_broker, redis, "a")
+    sent = {}
+    async with redis.client() as client:
+        for camera in ("porch", "shed"):
+            pub = await publisher_on(http, a, camera)
+            sent[camera] = make_jpeg((40, 40, 40), text=camera)
+            await pub.send_bytes(sent[camera])
+
+            async def stored(camera: str = camera) -> bool:
+                return bool(await client.exists(f"framebroker:latest:{camera}"))
+
+            await eventually(stored, what=f"{camera}'s frame in Redis")
+            await pub.close()
+    b = await node(run_broker, redis, "b")
+    small = await node(run_broker, redis, "c", "--max-cameras", "1")
+
+    async def offline_on(broker: BrokerProcess, count: int) -> bool:
+        async with http.get(broker.url("/api/cameras")) as resp:
+            cameras = (await resp.json())["cameras"]
+        return len(cameras) == count and not any(c["online"] or c["publisher"] for c in cameras)
+
+    await eventually(lambda: offline_on(b, 2), what="both cameras offline on node B")
+    for camera, jpeg in sent.items():
+        async with (
+            http.get(b.url(f"/cameras/{camera}/snapshot.jpg")) as on_b,
+            http.get(a.url(f"/cameras/{camera}/snapshot.jpg")) as on_a,
+        ):
+            assert on_b.status == on_a.status == 200
+            assert await on_b.read() == jpeg == await on_a.read()
+            assert on_b.headers["ETag"] == on_a.headers["ETag"]
+    await eventually(lambda: offline_on(small, 1), what="one camera on node C")
+    assert "not shown here: the broker already holds max_cameras=1 cameras" in await stop_and_log(small)
+
+
 async def test_demand_counts_viewers_on_every_node(
     run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession, tmp_path: Path
 ):

@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from typing import Any
 
 from ..channel import Channel, Publisher
@@ -46,6 +47,7 @@ class ClusterNode:
         self.link = link = RedisLink(settings)
         self.keys = keys = Keys(link.db)
         self._interval = settings.node_ttl / 3
+        self._forget_after = settings.forget_after
         self.relay = FrameRelay(link, keys, self.name, settings.forget_after, self._refused)
         self.subscriber = Subscriber(link, keys, self._remote_frame, self._control)
         self.ownership = Ownership(
@@ -72,6 +74,7 @@ class ClusterNode:
         link.on_down(self._down)
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshots_waiting: dict[str, int] = {}  # per camera, for a frame from another node
+        self._learning = False  # reading the last frames of cameras this node does not know
 
     # -- running ---------------------------------------------------------------------
 
@@ -103,8 +106,10 @@ class ClusterNode:
             await script.load()
 
     async def _tick(self) -> None:
-        """Renew this node's claims and counts, learn every holder, add up our cameras' viewers."""
+        """Renew this node's claims, numbers and counts, learn every holder (and the cameras nobody
+        holds), add up our cameras' viewers."""
         await self.ownership.refresh()
+        self._learn(self.ownership.unheld)
         await self.demand.renew({c.camera: c.demand for c in self._hub.cameras() if c.demand})
         await self._update_totals(list(self.ownership.claims))
 
@@ -206,17 +211,55 @@ class ClusterNode:
         self.demand.changed(channel.camera, count)
         self._holder_changed(channel)
 
-    async def _fetch_latest(self, channel: Channel) -> None:
+    def _learn(self, cameras: list[str]) -> None:
+        """Know the cameras nobody holds that this node does not know (it started after their
+        publishers left), as the nodes that remember them do: offline, with their last frame.
+        Off the tick: the frames are read one at a time, however many there are."""
+        unknown = [c for c in cameras if (channel := self._hub.channel(c)) is None or not channel.seen]
+        if unknown and not self._learning:
+            self._learning = True
+            self.link.spawn(self._read_unknown(unknown))
+
+    async def _read_unknown(self, cameras: list[str]) -> None:
         try:
-            data = await self.link.client.get(self.keys.latest(channel.camera))
+            for camera in cameras:
+                if not self.link.up:
+                    return
+                channel = self.ownership.channel_for(camera, "(offline, its last frame in Redis)")
+                if channel is None:
+                    return  # the broker is full: the others would not fit either
+                if channel.seen:
+                    continue
+                message = await self._read_latest(camera)
+                # A frame this old is one this node would forget at once (or just forgot).
+                if message is not None and time.time() - message.received_at < self._forget_after:
+                    self._remote_frame(message)
+                self._hub.release(channel)  # unless it shows that frame now, or a viewer waits
+        finally:
+            self._learning = False
+
+    async def _fetch_latest(self, channel: Channel) -> None:
+        message = await self._read_latest(channel.camera)
+        if message is not None:
+            self._remote_frame(message)
+
+    async def _read_latest(self, camera: str) -> framewire.FrameMessage | None:
+        """The camera's latest-frame message in Redis; None if there is none or it is not readable."""
+        try:
+            data = await self.link.client.get(self.keys.latest(camera))
         except Exception as exc:
-            self.link.broken(f"camera {channel.camera}: reading its latest frame", exc)
-            return
-        if data is not None:
-            try:
-                self._remote_frame(framewire.decode(data))
-            except framewire.WireError as exc:
-                log.warning("camera %s: ignoring its latest frame in Redis: %s", channel.camera, exc)
+            self.link.broken(f"camera {camera}: reading its latest frame", exc)
+            return None
+        if data is None:
+            return None
+        try:
+            message = framewire.decode(data)
+            if message.camera != camera:
+                raise framewire.WireError(f"it is camera {message.camera!r}'s")
+        except framewire.WireError as exc:
+            log.warning("camera %s: ignoring its latest frame in Redis: %s", camera, exc)
+            return None
+        return message
 
     def _remote_frame(self, message: framewire.FrameMessage) -> None:
         channel = self._hub.channel(message.camera)

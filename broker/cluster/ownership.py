@@ -5,7 +5,9 @@ node refreshes); the claim tells it the camera's last sequence number, so number
 rising across a takeover. Every node learns claims from control messages and from a
 periodic read of all claims, and attaches a `RemotePublisher` to its channel of a
 camera held elsewhere: the channel then closes its own publisher (4000), refuses POSTs
-(409), lists the camera, and counts it online as it does for a local publisher.
+(409), lists the camera, and counts it online as it does for a local publisher. The
+periodic read also names the cameras nobody holds that still have a frame in Redis, so a
+node that never knew them can show them offline, as the nodes that remember them do.
 
 The number outlives the claim and the frames: every node keeps it alive in Redis for each
 camera it still remembers, as a single broker keeps counting while it remembers a camera.
@@ -89,18 +91,18 @@ end
 return 0
 """
 
-# KEYS: cameras; ARGV: owner, latest and agent key prefixes. Every held camera, its holder
-# and its agent's hello (or ""); cameras neither held nor with a frame left are dropped from
-# the set.
+# KEYS: cameras; ARGV: owner, latest and agent key prefixes. Every camera held or with a
+# frame left: its holder (or "" when none) and its agent's hello (or ""); cameras with
+# neither are dropped from the set.
 HOLDERS = """
 local out = {}
 for _, camera in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local holder = redis.call('GET', ARGV[1] .. camera)
-  if holder then
+  if holder or redis.call('EXISTS', ARGV[2] .. camera) == 1 then
     table.insert(out, camera)
-    table.insert(out, holder)
+    table.insert(out, holder or '')
     table.insert(out, redis.call('GET', ARGV[3] .. camera) or '')
-  elseif redis.call('EXISTS', ARGV[2] .. camera) == 0 then
+  else
     redis.call('SREM', KEYS[1], camera)
   end
 end
@@ -171,6 +173,7 @@ class Ownership:
         self._on_holder_changed = on_holder_changed
         self._announce = announce
         self.claims: dict[str, Claim] = {}
+        self.unheld: list[str] = []  # cameras nobody holds that have a frame left, as last read
         self._claim = Script(link.client, CLAIM)
         self._claim_post = Script(link.client, CLAIM_POST)
         self._release = Script(link.client, RELEASE)
@@ -296,8 +299,12 @@ class Ownership:
                 # Numbers go on from the cluster's, also after frames published while Redis was away.
                 channel.last_seq = max(channel.last_seq, int(seq or 0))
         held = set()
+        self.unheld = []
         for camera_raw, holder, agent in zip(holders[::3], holders[1::3], holders[2::3], strict=True):
             camera = camera_raw.decode()
+            if not holder:
+                self.unheld.append(camera)
+                continue
             held.add(camera)
             self._apply(camera, holder.decode())
             channel = self._hub.channel(camera)
@@ -326,12 +333,8 @@ class Ownership:
         except (ValueError, KeyError, TypeError):
             log.warning("camera %s: ignoring a holder in Redis that is not ours: %r", camera, holder[:200])
             return
-        try:
-            channel = self._hub.channel_for_publisher(camera)
-        except TooManyCameras as exc:
-            self._full_log.warning(
-                "cameras full", "camera %s of node %s not shown here: %s", camera, node, exc
-            )
+        channel = self.channel_for(camera, f"of node {node}")
+        if channel is None:
             return
         current = channel.publisher
         if isinstance(current, RemotePublisher) and current.holder == holder:
@@ -344,6 +347,15 @@ class Ownership:
         remote = RemotePublisher(holder, node, lambda count: self._on_remote_viewers(channel, count))
         channel.attach_publisher(remote)  # closes this node's publisher, if any, with 4000
         self._on_holder_changed(channel)
+
+    def channel_for(self, camera: str, whose: str) -> Channel | None:
+        """The channel of a camera published elsewhere (`whose`, for the log), counted against
+        --max-cameras as a publisher here would be; None when the broker holds as many (logged)."""
+        try:
+            return self._hub.channel_for_publisher(camera)
+        except TooManyCameras as exc:
+            self._full_log.warning("cameras full", "camera %s %s not shown here: %s", camera, whose, exc)
+            return None
 
     def _gone(self, channel: Channel) -> None:
         assert channel.publisher is not None

@@ -584,6 +584,52 @@ async def test_signing_out_on_one_node_ends_the_session_on_all(
     assert was in ("alice", None)  # the sign-out may have reached B already
 
 
+async def test_redis_with_a_password(run_broker: Run, tmp_path: Path, http: aiohttp.ClientSession):
+    """A Redis that asks for a password: a node given it in the URL, one in --redis-password-file
+    and one in FRAMEBROKER_REDIS (named hostname:port, without --node-name) act as one; a node
+    with a wrong password stays down and says so; no log shows either password."""
+    password, wrong = "redis-password-0123456789", "wrong-password-9876543210"
+    redis = RedisServer(tmp_path / "redis", "--requirepass", password)
+    await redis.start()
+    (tmp_path / "password").write_text(password + "\n")
+    (tmp_path / "wrong").write_text(wrong + "\n")
+    in_url = f"redis://:{password}@127.0.0.1:{redis.port}/0"
+    env = {"FRAMEBROKER_PUBLISH_TOKEN": TOKEN}
+    port = free_port()
+    try:
+        nodes = [
+            await run_broker("--redis", in_url, "--node-name", "a", *NODE_FLAGS, env=env),
+            await run_broker(
+                "--redis", redis.url, "--redis-password-file", str(tmp_path / "password"),
+                "--node-name", "b", *NODE_FLAGS, env=env,
+            ),
+            await run_broker("--port", str(port), *NODE_FLAGS, env={**env, "FRAMEBROKER_REDIS": in_url}),
+            await run_broker(
+                "--redis", redis.url, "--redis-password-file", str(tmp_path / "wrong"),
+                "--node-name", "d", *NODE_FLAGS, env=env,
+            ),
+        ]  # fmt: skip
+        a, b, c, refused = nodes
+        pub = await publisher_on(http, a, "vault")
+        await held_by(http, b, "vault", "a")
+        await held_by(http, c, "vault", "a")
+        viewer = await http.ws_connect(ws_url(b, "/cameras/vault/ws?header=1"))
+        jpeg = make_jpeg(text="password")
+        await pub.send_bytes(jpeg)
+        assert (await frame_with_seq_after(viewer, 0))[16:] == jpeg
+        async with http.get(c.url("/cameras/vault/snapshot.jpg")) as resp:
+            assert await resp.read() == jpeg
+        async with http.get(c.url("/healthz")) as resp:
+            assert (await resp.json())["node"] == f"{socket.gethostname()}:{port}"
+        await redis_state(http, refused, "down")
+        assert await camera_entry(http, refused, "vault") is None
+        logs = [await stop_and_log(broker) for broker in nodes]
+    finally:
+        redis.kill()
+    assert "unreachable" in logs[3] and "password" in logs[3]
+    assert not [log for log in logs if password in log or wrong in log]
+
+
 async def test_tls_to_redis(run_broker: Run, tmp_path: Path, http: aiohttp.ClientSession):
     """With a rediss:// URL the nodes talk to a redis-server that only speaks TLS, checking its
     certificate against the CA given in the URL."""

@@ -42,16 +42,17 @@ return {previous, redis.call('GET', KEYS[2])}
 
 # KEYS: owner, seq, cameras; ARGV: holder, ttl ms, camera, source. A POST may take a camera
 # that nobody holds, or that POSTs from the same source hold (through any node); it gets
-# the frame's sequence number. Returns {holder that refuses it, or false; sequence number}.
+# the frame's sequence number. Returns {holder that refuses it, or false; sequence number;
+# 1 if the camera was not already this holder's}.
 CLAIM_POST = """
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[1] then
   local ok, owner = pcall(cjson.decode, current)
-  if not ok or owner.kind ~= 'post' or owner.source ~= ARGV[4] then return {current, false} end
+  if not ok or owner.kind ~= 'post' or owner.source ~= ARGV[4] then return {current, false, 0} end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[3])
-return {false, redis.call('INCR', KEYS[2])}
+return {false, redis.call('INCR', KEYS[2]), current == ARGV[1] and 0 or 1}
 """
 
 # KEYS: owner; ARGV: holder. Let go of a camera unless another publisher took it.
@@ -173,6 +174,8 @@ class Ownership:
         self._on_holder_changed = on_holder_changed
         self._announce = announce
         self.claims: dict[str, Claim] = {}
+        # Counts this node's claims: a holder read from Redis before one of them is out of date.
+        self._claims_made = 0
         self.unheld: list[str] = []  # cameras nobody holds that have a frame left, as last read
         self._claim = Script(link.client, CLAIM)
         self._claim_post = Script(link.client, CLAIM_POST)
@@ -201,6 +204,7 @@ class Ownership:
         """Take the camera for a WebSocket publisher of this node (locally only while Redis is down)."""
         claim = Claim(self._holder("ws"), "ws")
         self.claims[channel.camera] = claim
+        self._claims_made += 1
         if self._link.up:
             keys = self._keys
             try:
@@ -225,7 +229,7 @@ class Ownership:
         claim = claim or Claim(self._holder("post", source=source), "post")
         keys = self._keys
         try:
-            refused, seq = await self._claim_post(
+            refused, seq, taken = await self._claim_post(
                 [keys.owner(channel.camera), keys.seq(channel.camera), keys.cameras],
                 [claim.holder, self._ttl_ms, channel.camera, source],
             )
@@ -239,11 +243,14 @@ class Ownership:
             except (ValueError, KeyError, TypeError):
                 return "a publisher on another node"
         channel.last_seq = max(channel.last_seq, int(seq) - 1)
+        self._claims_made += 1
         if isinstance(channel.publisher, RemotePublisher):
             channel.detach_publisher(channel.publisher)
-        if current is not claim:
-            self.claims[channel.camera] = claim
+        if taken:
+            # Another publisher held it since this one last posted (or nobody did): tell the nodes.
             self._announce({"t": "holder", "c": channel.camera})
+        if current is not claim or channel.relay is None:
+            self.claims[channel.camera] = claim
             self._on_holder_changed(channel)
         return None
 
@@ -289,12 +296,14 @@ class Ownership:
                 [claim.holder, self._ttl_ms, camera, json.dumps(channel.agent if channel else {})],
             )
         self._holders.queue(pipe, [keys.cameras], [keys.owner_prefix, keys.latest_prefix, keys.agent_prefix])
+        claims_made = self._claims_made
         _, *refreshed, holders = await pipe.execute()
+        stale = self._claims_made != claims_made
         for (camera, claim), (other, seq) in zip(mine, refreshed, strict=True):
             if self.claims.get(camera) is not claim:
                 continue
             if other:
-                self._apply(camera, other.decode())
+                self._apply(camera, other.decode(), stale)
             elif (channel := self._hub.channel(camera)) is not None:
                 # Numbers go on from the cluster's, also after frames published while Redis was away.
                 channel.last_seq = max(channel.last_seq, int(seq or 0))
@@ -306,7 +315,7 @@ class Ownership:
                 self.unheld.append(camera)
                 continue
             held.add(camera)
-            self._apply(camera, holder.decode())
+            self._apply(camera, holder.decode(), stale)
             channel = self._hub.channel(camera)
             if channel is not None and isinstance(channel.publisher, RemotePublisher):
                 channel.agent = _agent(agent)
@@ -316,17 +325,20 @@ class Ownership:
 
     async def check(self, camera: str) -> None:
         """Learn the camera's holder now (a control message said it changed)."""
+        claims_made = self._claims_made
         holder = await self._link.client.get(self._keys.owner(camera))
         if holder is None:
             channel = self._hub.channel(camera)
             if channel is not None and isinstance(channel.publisher, RemotePublisher):
                 self._gone(channel)
         else:
-            self._apply(camera, holder.decode())
+            self._apply(camera, holder.decode(), self._claims_made != claims_made)
 
-    def _apply(self, camera: str, holder: str) -> None:
+    def _apply(self, camera: str, holder: str, stale: bool = False) -> None:
+        """`holder` has the camera, as read from Redis; `stale`: read before a claim this node made since."""
         claim = self.claims.get(camera)
-        if claim is not None and claim.holder == holder:
+        if claim is not None and (claim.holder == holder or stale):
+            # Ours, or ours since the read: a publisher that takes it from us later says so again.
             return
         try:
             node = json.loads(holder)["node"]

@@ -71,9 +71,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
         log.warning("--public: anyone who can reach this broker may watch cameras without signing in")
     key = load_signing_key(settings)
     rejections = Rejections()
+    limits = Limits(settings, exempt=settings.trusted_proxies, rejections=rejections)
     app = web.Application(
         client_max_size=settings.max_frame_bytes,
-        middlewares=[guard_middleware(settings, rejections)],
+        middlewares=[limits.middleware, guard_middleware(settings, rejections)],
     )
     app[SETTINGS] = settings
     sessions = Sessions(key, settings.session_lifetime, settings.state_dir)
@@ -84,7 +85,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         FailureThrottle(settings.auth_failures_per_minute),
         rejections,
     )
-    app[LIMITS] = Limits(settings, exempt=settings.trusted_proxies, rejections=rejections)
+    app[LIMITS] = limits
     app[METRICS] = Metrics(lambda: app[HUB].cameras(), lambda: app[LIMITS].connections, rejections)
     app[RESIZER] = Resizer(settings.resize_threads)
     app[HUB] = Hub(settings, fan_out_took=app[METRICS].fan_out.observe, resizer=app[RESIZER])
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     if settings.demo:
         app.cleanup_ctx.append(demo_camera)
     app.on_shutdown.append(_close_connections)
+    app.on_response_prepare.append(_close_when_tight)
     return app
 
 
@@ -123,6 +125,13 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await app[RESIZER].close()
+
+
+async def _close_when_tight(request: web.Request, response: web.StreamResponse) -> None:
+    # Once descriptors are into the publishers' reserve, a connection ends with its answer
+    # rather than stay open for the next request (limits.py closes the idle ones).
+    if request.app[LIMITS].tight():
+        response.force_close()
 
 
 async def _close_connections(app: web.Application) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .clients import Client
 from .config import Settings
@@ -78,6 +80,9 @@ class Limits:
         self._viewers_per_address: Counter[str] = Counter()
         self._connections_per_peer: Counter[str] = Counter()
         self._tickets: dict[web.RequestHandler, ConnectionTicket] = {}
+        self._server: web.Server | None = None
+        self._busy: set[web.RequestHandler] = set()  # connections in the middle of a request
+        self._swept = 0.0  # monotonic time of the last sweep of lingering connections
         self._refusals = LogLimiter(log)
 
     # -- viewers ---------------------------------------------------------------------
@@ -150,8 +155,11 @@ class Limits:
         Called before a byte of the connection is read (gate.py), and for TLS before its
         handshake, which holds a descriptor too for up to --tls-handshake-timeout.
         """
+        left = self._descriptors_left()
+        # Idle connections told to close free their descriptors within this loop pass.
+        closing = self._sweep() if left < self._settings.descriptor_reserve else 0
         # Publishers and short requests may use half the reserve; viewers stop before it.
-        if self._descriptors_left() < self._settings.descriptor_reserve // 2:
+        if left + closing < self._settings.descriptor_reserve // 2:
             self._rejections.count("connections")
             self._refusals.warning("connections", "refusing connections: close to the limit of open files")
             raise Refusal(503, "the broker is full (it is close to its limit of open files)")
@@ -187,6 +195,7 @@ class Limits:
         aiohttp has no hook for that either, so this wraps the call its handlers make
         to their server.
         """
+        self._server = server
         closed = server.connection_lost
 
         def connection_lost(handler: web.RequestHandler, exc: BaseException | None = None) -> None:
@@ -201,7 +210,40 @@ class Limits:
         """`handler` serves the connection of `ticket` from now on, until it loses it."""
         self._tickets[handler] = ticket
 
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Marks the connection busy while its request runs, so that a sweep knows the idle ones."""
+        connection = request.protocol
+        self._busy.add(connection)
+        try:
+            return await handler(request)
+        finally:
+            self._busy.discard(connection)
+
+    def tight(self) -> bool:
+        """Descriptors are into the reserve: connections should end with their request."""
+        return self._descriptors_left() < self._settings.descriptor_reserve
+
     # -- internals -------------------------------------------------------------------
+
+    def _sweep(self) -> int:
+        """Into the reserve, end every connection's keep-alive (at most once a second); the number
+        of idle connections, which close at once.
+
+        The reserve is the publishers' room: idle keep-alive connections, and connections
+        that were accepted but never sent a request, would otherwise keep it until they
+        time out or forever. aiohttp's `close()` closes an idle connection at once and
+        one in the middle of a request (a viewer, a publisher) when that request ends.
+        """
+        now = time.monotonic()
+        if self._server is None or now - self._swept < 1.0:
+            return 0
+        self._swept = now
+        idle = 0
+        for handler in self._server.connections:
+            handler.close()
+            idle += handler not in self._busy
+        return idle
 
     def _descriptors_left(self) -> int:
         # Each connection holds one descriptor, each viewer one more (the writer's own).
@@ -219,4 +261,8 @@ class Limits:
     ) -> None:
         self._rejections.count(reason)
         self._refusals.warning(reason, "refusing viewers: %s", text)
-        raise kind(text=text + "; try again later\n", headers={"Retry-After": RETRY_AFTER})
+        refusal = kind(text=text + "; try again later\n", headers={"Retry-After": RETRY_AFTER})
+        # A refused viewer comes back after Retry-After on a new connection; kept alive, this
+        # one would hold a descriptor that publishers may need.
+        refusal.force_close()
+        raise refusal

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import resource
 import signal
@@ -11,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -132,22 +134,40 @@ async def test_one_address_cannot_take_every_viewer_slot(start_broker, http):
         await ws.close()
 
 
-async def test_descriptors_run_low_new_connections_are_refused_but_publishers_get_in(tmp_path):
-    """Near its open-file limit: viewers get 503, then idle connections are refused; an agent still joins."""
+@contextlib.asynccontextmanager
+async def broker_with_few_descriptors(
+    tmp_path, reserve: int, held: list[socket.socket]
+) -> AsyncIterator[BrokerProcess]:
+    """`python -m broker` allowed 160 open files (publish token fd-token); at the end the `held`
+    sockets are closed, the broker stopped, and its log has no ERROR."""
 
     def few_descriptors() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker", "--port", "0", "--descriptor-reserve", "40",
+        sys.executable, "-m", "broker", "--port", "0", "--descriptor-reserve", str(reserve),
         stderr=subprocess.PIPE,
         env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path), "FRAMEBROKER_PUBLISH_TOKEN": "fd-token"},
         preexec_fn=few_descriptors,
     )  # fmt: skip
     broker = BrokerProcess(proc)
-    idle: list[socket.socket] = []
     try:
         await broker.wait_serving()
+        yield broker
+    finally:
+        for sock in held:
+            sock.close()
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 10)
+    log = await broker.rest_of_log()
+    assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
+
+
+async def test_descriptors_run_low_new_connections_are_refused_but_publishers_get_in(tmp_path):
+    """Near its open-file limit: viewers get 503, then idle connections are refused; an agent still joins."""
+
+    idle: list[socket.socket] = []
+    async with broker_with_few_descriptors(tmp_path, 40, idle) as broker:
         auth = {"Authorization": "Bearer fd-token"}
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             async with http.post(broker.url("/cameras/cam/publish"), data=make_jpeg(), headers=auth) as r:
@@ -179,14 +199,63 @@ async def test_descriptors_run_low_new_connections_are_refused_but_publishers_ge
             await ws.close()
             for viewer in viewers:
                 await viewer.close()
-    finally:
-        for sock in idle:
-            sock.close()
-        proc.send_signal(signal.SIGINT)
-        await asyncio.wait_for(proc.wait(), 10)
-    log = await broker.rest_of_log()
-    assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
-    assert log.count("refusing viewers") <= 2  # once a minute per reason, not once per request
+    assert broker.log.count("refusing viewers") <= 2  # once a minute per reason, not once per request
+
+
+UPGRADE = (
+    "GET /cameras/{camera}/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def held_request(port: int, request: str) -> tuple[socket.socket, bytes]:
+    """Send `request` on a new connection and read the head of the answer; the socket stays open."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(request.encode())
+    return sock, sock.recv(4096)
+
+
+def closed_by_broker(sock: socket.socket) -> bool:
+    sock.settimeout(3)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+async def test_clients_that_hold_their_connections_never_keep_an_agent_out(tmp_path):
+    """Near the open-file limit, refused viewers that never hang up and idle keep-alive connections
+    are closed by the broker: the reserve stays the publishers', over WebSocket and POST."""
+
+    held: list[socket.socket] = []
+    async with broker_with_few_descriptors(tmp_path, 64, held) as broker:
+        auth = {"Authorization": "Bearer fd-token"}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            async with http.post(broker.url("/cameras/d1/publish"), data=make_jpeg(), headers=auth) as r:
+                assert r.status == 204
+            statuses = []
+            for _ in range(120):  # a flood of viewers that keep every socket, refused or not
+                sock, head = await asyncio.to_thread(held_request, broker.port, UPGRADE.format(camera="d1"))
+                held.append(sock)
+                statuses.append(head.split(b" ", 2)[1])
+            refused = [sock for sock, status in zip(held, statuses, strict=True) if status == b"503"]
+            assert statuses.count(b"101") > 20 and len(refused) > 20, statuses
+            assert all(await asyncio.gather(*(asyncio.to_thread(closed_by_broker, s) for s in refused[:5])))
+            for _ in range(30):  # idle keep-alive connections, each after one short request
+                sock, head = await asyncio.to_thread(
+                    held_request, broker.port, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                )
+                held.append(sock)
+            await asyncio.sleep(1.1)  # the broker closes lingering connections at most once a second
+            async with http.post(broker.url("/cameras/d1/publish"), data=make_jpeg(), headers=auth) as r:
+                assert r.status == 204, await r.text()
+            ws = await http.ws_connect(broker.url("/cameras/d2/publish"), headers=auth)
+            assert (await ws.receive_json())["type"] == "viewers"
+            await ws.close()
 
 
 async def test_a_chunked_body_over_the_limit_costs_at_most_about_twice_the_limit(run_broker, http):

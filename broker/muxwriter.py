@@ -28,6 +28,7 @@ class Subscription:
         "connected_at",
         "frames_skipped",
         "frames_written",
+        "full_size_header",
         "header",
         "last_seq",
         "peer",
@@ -50,6 +51,8 @@ class Subscription:
         self.header = STREAM_HEADER.pack(
             stream, variant.width if variant else 0, variant.quality if variant else 0
         )
+        # For frames of a smaller size's feed that are full size (the camera is no wider).
+        self.full_size_header = STREAM_HEADER.pack(stream, 0, 0)
         self.peer = writer.peer
         self.connected_at = time.time()
         self.frames_written = 0
@@ -61,6 +64,10 @@ class Subscription:
         self.pending_status: bytes | None = None
         self.queued = False
         self.active = True
+
+    def header_of(self, frame: Frame) -> bytes:
+        """The stream header of `frame`: its width and quality are those of the size it is."""
+        return self.header if frame.variant is not None else self.full_size_header
 
     def offer(self, frame: Frame, now: float) -> None:
         """Sent now if the socket has room, else kept as this subscription's newest frame."""
@@ -112,7 +119,7 @@ class MuxWriter(SocketWriter):
     def offer(self, subscription: Subscription, frame: Frame, now: float) -> None:
         """Send `frame` now if the socket has room, else keep it as the subscription's newest."""
         if self._may_send_now():
-            self._send(frame.stream_message(subscription.header))
+            self._send(frame.stream_message(subscription.header_of(frame)))
             subscription.frames_written += 1
             subscription.last_seq = frame.seq
             return
@@ -180,7 +187,7 @@ class MuxWriter(SocketWriter):
             if status is not None:
                 self._write(status)
             if frame is not None:
-                self._write(frame.stream_message(subscription.header))
+                self._write(frame.stream_message(subscription.header_of(frame)))
                 subscription.frames_written += 1
                 subscription.last_seq = frame.seq
             return

@@ -210,9 +210,10 @@ class VariantFeed:
                     extra={"camera": camera},
                 )
             return None
-        return Frame(
-            source.camera, source.seq, job.result(), source.received_at, source.received_mono, self.variant
-        )
+        jpeg = job.result()
+        # A source no wider than the variant comes back as it is: its frames say they are full size.
+        variant = None if jpeg is source.jpeg else self.variant
+        return Frame(source.camera, source.seq, jpeg, source.received_at, source.received_mono, variant)
 
 
 class Variants:
@@ -296,7 +297,16 @@ class Variants:
         return None if feed is None else feed.no_signal(source)
 
     def shrink(self, frame: Frame, variant: Variant) -> asyncio.Future[bytes]:
-        """Start making `variant` of `frame` in the Resizer's threads."""
+        """Start making `variant` of `frame` in the Resizer's threads; a frame no wider than the
+        variant is its own (never scaled up, nor encoded again), at once.
+
+        That happens to a feed made before the camera's first frame, or when the camera's
+        frames became narrower since.
+        """
+        if frame.width is not None and frame.width <= variant.width:
+            done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            done.set_result(frame.jpeg)
+            return done
         return self._sizes.resizer.shrink(frame.jpeg, variant.width, variant.quality)
 
     def show_no_signal(self, feed: VariantFeed) -> None:

@@ -47,6 +47,27 @@ async def test_a_subscription_gets_its_snapped_width_read_from_the_jpeg(broker, 
         assert subscribed["width"] == (expected[0] if expected != HD else None)
 
 
+async def test_a_size_asked_before_the_camera_is_known_never_claims_a_size_it_is_not(broker, http):
+    """A subscription made before the first frame asks for 960 at quality 30; the camera turns
+    out 640 wide: its frames come as published, and their header says full size (0, 0).
+    When the camera later sends wider frames, they are made at 960, and the header says so."""
+    client = await MuxClient.connect(http, broker.ws_url("/ws"))
+    subscribed = await client.subscribe("later", width=960, quality=30)
+    assert (subscribed["width"], subscribed["quality"]) == (960, 30)
+    pub = await publisher(http, broker, "later")
+    small = make_jpeg(size=(640, 480), noise=1)
+    await pub.send_bytes(small)
+    frame = await client.frame(subscribed["stream"])
+    assert (frame.width, frame.quality, frame.jpeg) == (0, 0, small)
+    await pub.send_bytes(make_jpeg(size=HD, noise=2))
+    frame = await client.frame(subscribed["stream"])
+    assert (frame.width, frame.quality, jpeg_dimensions(frame.jpeg)) == (960, 30, (960, 540))
+    await pub.send_bytes(small)  # the camera narrows again
+    frame = await client.frame(subscribed["stream"])
+    assert (frame.width, frame.quality, frame.jpeg) == (0, 0, small)
+    await client.close()
+
+
 @pytest.mark.parametrize("route", ["ws", "mjpeg"])
 async def test_per_camera_routes_take_width(broker, http, route):
     """`?width=320` on the camera's WebSocket and MJPEG stream gives 320-wide JPEGs."""

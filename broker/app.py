@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     )
     app[LIMITS] = limits
     app[METRICS] = Metrics(lambda: app[HUB].cameras(), lambda: app[LIMITS].connections, rejections)
-    app[RESIZER] = Resizer(settings.resize_threads)
+    app[RESIZER] = Resizer(settings.resize_threads, settings.max_resize_pixels)
     app[HUB] = Hub(settings, fan_out_took=app[METRICS].fan_out.observe, resizer=app[RESIZER])
     if settings.redis:
         app[CLUSTER] = _cluster_node(settings, app[HUB], sessions)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .logs import LOG_FORMATS, LOG_LEVELS
+from .resize import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "CAMERA_ID",
@@ -226,6 +227,15 @@ class Settings:
         default=2,
         metadata=_help("threads that make the smaller sizes of frames (off the event loop)", "limits"),
     )
+    max_resize_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS,
+        metadata=_help(
+            "most pixels (width x height) decoded to make a smaller size of a frame, after libjpeg's "
+            "reduced-size decoding; a frame that needs more is not resized (its JPEG header may "
+            "claim any size)",
+            "limits",
+        ),
+    )
     viewer_sndbuf: int = field(
         default=128 * 1024,
         metadata=_help(
@@ -365,6 +375,7 @@ class Settings:
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         _check(self.descriptor_reserve >= 16, "descriptor_reserve", self.descriptor_reserve, ">= 16")
         _check(self.viewer_sndbuf >= 4096, "viewer_sndbuf", self.viewer_sndbuf, ">= 4096")
+        _check(self.max_resize_pixels >= 65536, "max_resize_pixels", self.max_resize_pixels, ">= 65536")
         _check(
             self.auth_failures_per_minute >= 1,
             "auth_failures_per_minute",

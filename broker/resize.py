@@ -14,12 +14,13 @@ import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["MAX_SOURCE_PIXELS", "ResizeUnavailable", "Resizer", "shrink_jpeg"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ResizeUnavailable", "Resizer", "shrink_jpeg"]
 
 log = logging.getLogger(__name__)
 
-# Larger sources are refused: a JPEG header may claim up to 65535x65535 pixels.
-MAX_SOURCE_PIXELS = 8192 * 8192
+# --max-resize-pixels: a JPEG header may claim up to 65535x65535 pixels, and a few hundred
+# bytes can make such a claim, so what a frame says must not size the decoding unchecked.
+DEFAULT_MAX_PIXELS = 4096 * 4096
 _TO_RGB = {"RGB", "L"}  # modes a JPEG encoder takes as they are; others (CMYK...) become RGB
 
 
@@ -27,11 +28,13 @@ class ResizeUnavailable(Exception):
     """Pillow cannot be imported: no smaller copies can be made."""
 
 
-def shrink_jpeg(jpeg: bytes, width: int, quality: int) -> bytes:
+def shrink_jpeg(jpeg: bytes, width: int, quality: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     """`jpeg` scaled down to `width` pixels wide (height in proportion), encoded at `quality`.
 
-    Never upscales: a picture not wider than `width` comes back unchanged.
-    Raises ValueError for a picture that cannot be decoded or is too large.
+    Never upscales: a picture not wider than `width` comes back unchanged. Raises
+    ValueError for a picture that cannot be decoded, or that would be decoded at more
+    than `max_pixels` pixels (after the reduced-size decoding, so large cameras are fine;
+    only a claimed shape no camera has, such as 1300x51600, is refused).
     """
     from PIL import Image
 
@@ -39,11 +42,15 @@ def shrink_jpeg(jpeg: bytes, width: int, quality: int) -> bytes:
         source_width, source_height = image.size
         if source_width <= width:
             return jpeg
-        if source_width * source_height > MAX_SOURCE_PIXELS:
-            raise ValueError(f"{source_width}x{source_height} is larger than {MAX_SOURCE_PIXELS} pixels")
         height = max(1, round(source_height * width / source_width))
         # Decode at the smallest 1/2^n scale that is still at least the target size.
         image.draft("RGB", (width, height))
+        decoded_width, decoded_height = image.size
+        if decoded_width * decoded_height > max_pixels:
+            raise ValueError(
+                f"its {source_width}x{source_height} pixels would be decoded at {decoded_width}x"
+                f"{decoded_height}, more than max_resize_pixels={max_pixels}"
+            )
         picture = image if image.mode in _TO_RGB else image.convert("RGB")
         if picture.size != (width, height):
             # Less than 2x down after the reduced decoding: an area average is sharp enough,
@@ -61,8 +68,9 @@ class Resizer:
     beside the event loop rather than taking turns with it. Threads start on first use.
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self._threads = threads
+        self._max_pixels = max_pixels
         self._executor: ThreadPoolExecutor | None = None
         self._available: bool | None = None
 
@@ -90,7 +98,9 @@ class Resizer:
         """`shrink_jpeg` in the pool; the future completes on the running loop."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="resize")
-        return asyncio.get_running_loop().run_in_executor(self._executor, shrink_jpeg, jpeg, width, quality)
+        return asyncio.get_running_loop().run_in_executor(
+            self._executor, shrink_jpeg, jpeg, width, quality, self._max_pixels
+        )
 
     async def close(self) -> None:
         """Drop queued jobs and wait for the running ones (a few milliseconds each)."""

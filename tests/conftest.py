@@ -201,6 +201,20 @@ async def next_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -
         assert msg.type == aiohttp.WSMsgType.BINARY, f"unexpected {msg.type}: {msg.data!r}"
 
 
+def jpeg_claiming(jpeg: bytes, width: int, height: int) -> bytes:
+    """`jpeg` with its start-of-frame header rewritten to claim `width` x `height` pixels (a lie)."""
+    liar = bytearray(jpeg)
+    sof = liar.index(b"\xff\xc0")
+    liar[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(liar)
+
+
+def peak_rss(pid: int) -> int:
+    """The highest resident memory process `pid` has had, in bytes (VmHWM)."""
+    with open(f"/proc/{pid}/status") as file:
+        return next(int(line.split()[1]) * 1024 for line in file if line.startswith("VmHWM"))
+
+
 class BrokerProcess:
     """`python -m broker ...` in a subprocess, with its log captured."""
 

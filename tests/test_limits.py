@@ -19,7 +19,7 @@ import pytest
 
 from broker.app_keys import HUB
 
-from .conftest import BrokerProcess, make_jpeg, publisher
+from .conftest import BrokerProcess, make_jpeg, peak_rss, publisher
 
 
 async def handshake_status(http, url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -264,13 +264,7 @@ async def test_a_chunked_body_over_the_limit_costs_at_most_about_twice_the_limit
     broker = await run_broker(
         "--max-frame-bytes", str(limit), env={"FRAMEBROKER_PUBLISH_TOKEN": "t0ken-for-limits"}
     )
-    status = f"/proc/{broker.proc.pid}/status"
-
-    def peak_rss() -> int:
-        with open(status) as file:
-            return next(int(line.split()[1]) * 1024 for line in file if line.startswith("VmHWM"))
-
-    before = peak_rss()
+    before = peak_rss(broker.proc.pid)
 
     async def endless():
         chunk = b"\xff\xd8" + b"\0" * (256 * 1024)
@@ -283,7 +277,7 @@ async def test_a_chunked_body_over_the_limit_costs_at_most_about_twice_the_limit
             url, data=endless(), headers={"Authorization": "Bearer t0ken-for-limits"}
         ) as resp:
             assert resp.status == 413
-    grown = peak_rss() - before
+    grown = peak_rss(broker.proc.pid) - before
     assert grown < 2.5 * limit, f"peak RSS grew by {grown / limit:.1f}x the limit"
 
 

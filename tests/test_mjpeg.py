@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from .conftest import PartReader, make_jpeg, publisher
+from .conftest import PartReader, jpeg_claiming, make_jpeg, publisher
 
 
 async def test_mjpeg_streams_cached_then_new_frames_byte_identical(broker, http):
@@ -87,9 +87,7 @@ async def test_offline_camera_shows_no_signal_picture(broker, http):
 async def test_no_signal_picture_is_bounded_whatever_size_a_frame_claims(broker, http):
     """A tiny JPEG whose header claims 8000x8000: the no-signal picture is drawn at most
     1920x1080, scaled down with the camera's shape (square here), never at 8000x8000."""
-    liar = bytearray(make_jpeg(size=(32, 32)))
-    sof = liar.index(b"\xff\xc0")
-    liar[sof + 5 : sof + 9] = (8000).to_bytes(2, "big") * 2  # height, then width
+    liar = jpeg_claiming(make_jpeg(size=(32, 32)), 8000, 8000)
     pub = await publisher(http, broker, "huge")
     await pub.send_bytes(bytes(liar))
     async with http.get(broker.url("/api/cameras")) as resp:
@@ -99,7 +97,7 @@ async def test_no_signal_picture_is_bounded_whatever_size_a_frame_claims(broker,
         parts = PartReader(resp)
         assert await parts.next_part() == liar
         await pub.close()
-        part = bytes(liar)
+        part = liar
         while part == liar:
             part = await parts.next_part()
     image = cv2.imdecode(np.frombuffer(part, np.uint8), cv2.IMREAD_COLOR)

@@ -13,7 +13,7 @@ from broker.frame import Frame
 from broker.jpeg import jpeg_dimensions
 from broker.variants import Variant
 
-from .conftest import PartReader, make_jpeg, next_binary, publisher
+from .conftest import TOKEN, PartReader, jpeg_claiming, make_jpeg, next_binary, peak_rss, publisher
 from .mux_support import MuxClient
 
 HD = (1280, 720)
@@ -212,6 +212,40 @@ async def test_a_frame_that_cannot_be_shrunk_is_skipped_with_one_warning(broker,
     assert frame.seq == 4 and jpeg_dimensions(frame.jpeg) == (320, 180)
     warnings = [r for r in caplog.records if r.name == "broker.variants" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "camera hd" in warnings[0].getMessage()
+
+
+async def test_a_frame_claiming_a_shape_no_camera_has_is_not_decoded_to_make_a_size(run_broker, http):
+    """A 2 kB JPEG whose header claims 1300x51600 pixels (reduced-size decoding cannot help at
+    1280 wide): no 1280-wide copy is made of it (one warning naming --max-resize-pixels), the
+    broker's memory stays where it was, and a real frame after it is made as usual."""
+    broker = await run_broker(env={"FRAMEBROKER_PUBLISH_TOKEN": TOKEN})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    publish, snapshot = (
+        broker.url("/cameras/tall/publish"),
+        broker.url("/cameras/tall/snapshot.jpg?width=1280"),
+    )
+    async with http.post(publish, data=make_jpeg(size=(1600, 1200)), headers=auth) as resp:
+        assert resp.status == 204
+    async with http.get(snapshot) as resp:  # the pool's threads and Pillow are warm now
+        assert jpeg_dimensions(await resp.read()) == (1280, 960)
+    before = peak_rss(broker.proc.pid)
+    async with http.post(
+        publish, data=jpeg_claiming(make_jpeg(size=(320, 240)), 1300, 51600), headers=auth
+    ) as resp:
+        assert resp.status == 204
+    async with http.get(snapshot) as resp:
+        await resp.read()
+    grown = peak_rss(broker.proc.pid) - before
+    assert grown < 50 * 1024 * 1024, f"peak RSS grew by {grown / 2**20:.0f} MiB"
+    async with http.post(publish, data=make_jpeg(size=(1600, 1200), noise=1), headers=auth) as resp:
+        assert resp.status == 204
+    async with http.get(snapshot) as resp:
+        assert jpeg_dimensions(await resp.read()) == (1280, 960)
+    await asyncio.sleep(0.2)
+    broker.proc.terminate()
+    log = await broker.rest_of_log()
+    assert log.count("max_resize_pixels=") == 1, log[-2000:]
+    assert " ERROR " not in log and "Traceback" not in log
 
 
 async def test_an_mjpeg_viewer_of_a_variant_sees_no_signal_at_its_size(start_broker, http):

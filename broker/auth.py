@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -245,12 +246,33 @@ def _challenge(request: web.Request) -> str:
     return PAGE_CHALLENGE if mode is not None and mode != "navigate" else BASIC_CHALLENGE
 
 
+# Path parameters (`/publish;token=...`): nothing in the broker reads them, so a client
+# that sends one may have put a secret there.
+_PATH_PARAMETERS = re.compile(r";[^/]*")
+
+
 def redacted(url: URL) -> str:
-    """Path and query of `url` with secret query values replaced by '***'."""
+    """Path and query of `url` with secret query values, and path parameters, replaced by '***'.
+
+    Also for malformed queries a client may send by mistake, with the secret in the
+    name (`?token%3D...`) or inside another value (`?x=a%26token%3D...`): a name or
+    value that contains a secret parameter's name is not shown.
+    """
+    path = _PATH_PARAMETERS.sub(";***", url.raw_path)
     if not url.query_string:
-        return url.raw_path
-    query = [(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in url.query.items()]
-    return str(URL.build(path=url.raw_path, encoded=True).with_query(query))
+        return path
+    query = [
+        (name.partition("=")[0], "***")
+        if _mentions_secret(name) or _mentions_secret(value)
+        else (name, value)
+        for name, value in url.query.items()
+    ]
+    return str(URL.build(path=path, encoded=True).with_query(query))
+
+
+def _mentions_secret(text: str) -> bool:
+    lowered = text.lower()
+    return any(param in lowered for param in SECRET_PARAMS)
 
 
 class RedactingAccessLogger(AbstractAccessLogger):

@@ -13,6 +13,7 @@ import sys
 import time
 
 import aiohttp
+import yarl
 
 from broker.passwords import PasswordHash
 
@@ -167,6 +168,18 @@ async def test_no_secret_reaches_any_log_line(run_broker, tmp_path):
                 headers = {} if how == "query" else {"Authorization": f"Bearer {token}"}
                 async with http.post(url, data=make_jpeg(), headers=headers) as resp:
                     assert resp.status in (204, 403)
+        # Tokens in malformed queries and path parameters: refused, and still not logged.
+        for where in (
+            "?token%3D{}",
+            "?%74oken={}",
+            "?TOKEN={}",
+            "?x=a%26token%3D{}",
+            ";token={}",
+            "?share%3d{}",
+        ):
+            url = broker.url("/cameras/garden/publish") + where.format(broker_token)
+            async with http.post(yarl.URL(url, encoded=True), data=make_jpeg()) as resp:
+                assert resp.status in (401, 403, 404)
         for name, password in (("alice", PASSWORDS["alice"]), ("alice", "wrong-" + PASSWORDS["alice"])):
             async with http.get(
                 broker.url("/cameras/garden/snapshot.jpg"), headers=basic(name, password)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from .app_keys import AUTH, CLUSTER, HUB, METRICS, SETTINGS
 from .channel import Channel
@@ -115,6 +115,8 @@ class PublisherSession:
         self._snapshot_only = False
         self._viewers_changed = asyncio.Event()
         self._closing: asyncio.Task[bool] | None = None
+        # The code this broker closed with; the peer's reply (ws.close_code) may differ.
+        self.closed_with: int | None = None
 
     def viewers_changed(self, count: int, snapshot_only: bool = False) -> None:
         """Queue a `{"type": "viewers"}` message; only the newest count is sent."""
@@ -149,7 +151,7 @@ class PublisherSession:
                 elif msg.type == WSMsgType.TEXT:
                     self._on_control(msg.data)
                 elif msg.type == WSMsgType.ERROR:
-                    self._on_error(msg.data)
+                    self._on_error(msg.data, max_bytes)
         finally:
             notifier.cancel()
             if self._closing is not None:
@@ -220,16 +222,20 @@ class PublisherSession:
                 extra=self.log_context,
             )
 
-    def _on_error(self, exc: BaseException) -> None:
+    def _on_error(self, exc: BaseException, max_bytes: int) -> None:
         # aiohttp has already closed the socket with the matching code (1009 for a too-large
-        # message, 1002/1007 for protocol errors); say why, once.
-        self._rejections.count("frame_too_large" if self.ws.close_code == CLOSE_TOO_BIG else "protocol")
+        # message, 1002/1007 for protocol errors); say why, once. By now ws.close_code is
+        # the peer's answer to that close, or 1006 if it hung up: the code sent is the error's.
+        code = exc.code if isinstance(exc, WebSocketError) else self.ws.close_code
+        self.closed_with = code
+        too_big = code == CLOSE_TOO_BIG
+        self._rejections.count("frame_too_large" if too_big else "protocol")
         log.warning(
-            "camera %s: publisher %s closed: %s (code %s)",
+            "camera %s: publisher %s rejected: %s (closed with %s)",
             self.channel.camera,
             self.peer,
-            exc,
-            self.ws.close_code,
+            f"a frame larger than max_frame_bytes={max_bytes}" if too_big else exc,
+            code,
             extra=self.log_context,
         )
 
@@ -270,6 +276,7 @@ class PublisherSession:
 
     def _close_soon(self, code: int, reason: str) -> None:
         if self._closing is None:
+            self.closed_with = code
             self._closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
 
     async def _send_viewer_counts(self) -> None:
@@ -326,7 +333,7 @@ async def publish_ws(request: web.Request) -> web.WebSocketResponse:
                 "camera %s: publisher %s disconnected (code %s)",
                 channel.camera,
                 session.peer,
-                ws.close_code,
+                ws.close_code if session.closed_with is None else session.closed_with,
                 extra=session.log_context,
             )
     return ws
@@ -358,6 +365,8 @@ async def publish_post(request: web.Request) -> web.Response:
             request.app[METRICS].rejections.count("frame_too_large")
         elif channel is not None:
             channel.frames_bad += 1
+        else:  # no camera is made for a frame that is refused: it counts broker-wide only
+            request.app[METRICS].rejections.count("bad_frame")
         response = web.Response(status=exc.http_status, text=exc.reason + "\n")
         response.force_close()  # the rest of a refused body is not worth reading
         return response

@@ -29,6 +29,16 @@ async def wait_for_snapshot(http, broker, camera: str, expected: bytes) -> None:
     raise AssertionError("snapshot never showed the published frame")
 
 
+async def logged(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5.0) -> bool:
+    """Whether a broker log line contains `text` within `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if any(text in record.getMessage() for record in caplog.records):
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
 async def test_a_published_frame_becomes_the_snapshot(broker, http):
     """A JPEG sent over the publish WebSocket is served byte for byte as the snapshot."""
     ws = await publisher(http, broker, "garden")
@@ -108,9 +118,9 @@ async def test_non_jpeg_is_dropped_and_counted_and_the_cached_frame_survives(bro
     assert (camera["frames"], camera["frames_bad"], camera["publisher"]) == (2, 2, True)
 
 
-async def test_max_bad_frames_in_a_row_close_the_publisher_with_1003(start_broker, http):
+async def test_max_bad_frames_in_a_row_close_the_publisher_with_1003(start_broker, http, caplog):
     """Only `max_bad_frames` bad frames in a row close the publisher (1003, with the reason);
-    a good frame in between starts the count again."""
+    a good frame in between starts the count again. The log names the code the broker sent."""
     broker = await start_broker(max_bad_frames=3)
     good = make_jpeg((1, 2, 3))
     ws = await publisher(http, broker, "garden")
@@ -121,6 +131,8 @@ async def test_max_bad_frames_in_a_row_close_the_publisher_with_1003(start_broke
     assert "3 frames in a row" in msg.extra and "JPEG" in msg.extra
     assert await snapshot_bytes(http, broker, "garden") == good
     assert (await camera_entry(http, broker, "garden"))["frames_bad"] == 5
+    await ws.close()
+    assert await logged(caplog, "camera garden: publisher 127.0.0.1 disconnected (code 1003)")
 
 
 async def test_truncated_jpeg_is_rejected(broker, http):
@@ -161,8 +173,9 @@ async def test_a_post_broken_off_mid_body_is_one_warning(broker, http, caplog):
     assert await snapshot_bytes(http, broker, "garden") == good
 
 
-async def test_oversized_frames_are_refused(start_broker, http):
-    """Over max_frame_bytes: WebSocket close 1009; POST 413 by Content-Length and when chunked."""
+async def test_oversized_frames_are_refused(start_broker, http, caplog):
+    """Over max_frame_bytes: WebSocket close 1009; POST 413 by Content-Length and when chunked.
+    The log says which limit and which code, whatever the publisher answers."""
     broker = await start_broker(max_frame_bytes=64 * 1024)
     good = make_jpeg((9, 9, 9))
     big = make_jpeg()[:-2] + b"\0" * (70 * 1024) + b"\xff\xd9"
@@ -175,6 +188,10 @@ async def test_oversized_frames_are_refused(start_broker, http):
     msg = await asyncio.wait_for(ws.receive(), 5)
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
     assert ws.close_code == 1009
+    assert await logged(
+        caplog, f"rejected: a frame larger than max_frame_bytes={64 * 1024} (closed with 1009)"
+    )
+    assert await logged(caplog, "camera big: publisher 127.0.0.1 disconnected (code 1009)")
     async with http.post(broker.url("/cameras/big/publish"), data=big, headers=broker.auth) as resp:
         assert resp.status == 413
 

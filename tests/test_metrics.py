@@ -142,3 +142,16 @@ async def test_refusals_are_counted_by_reason(start_broker, http):
         assert counted.get(reason, 0) >= 1, (reason, counted)
     for ws in (grid, viewer, pub):
         await ws.close()
+
+
+async def test_a_bad_post_to_a_camera_not_known_yet_is_counted_and_makes_no_camera(broker, http):
+    """A POST that is not a complete JPEG, to a camera that never published: 415, no camera is
+    made for it, and the refusal still counts (bad_frame)."""
+    async with http.post(
+        broker.url("/cameras/newcam/publish"), data=b"\xff\xd8 cut", headers=broker.auth
+    ) as r:
+        assert r.status == 415
+    async with http.get(broker.url("/api/cameras")) as resp:
+        assert (await resp.json())["cameras"] == []
+    metrics = await scrape(http, broker.url("/metrics"))
+    assert metrics[("framebroker_rejected_total", (("reason", "bad_frame"),))] == 1

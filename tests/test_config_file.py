@@ -92,6 +92,17 @@ def test_a_missing_config_file_is_named(tmp_path):
     assert "nope.toml: cannot read the config file" in result.stderr
 
 
+def test_a_config_file_that_is_not_utf8_is_named_in_one_line(tmp_path):
+    """A file saved in Latin-1 (or not text at all): exit 2, one line naming the file, no traceback."""
+    config = tmp_path / "broker.toml"
+    config.write_bytes(b'host = "\xff"\n')
+    result = run_broker("--config", str(config), env={"FRAMEBROKER_STATE_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"framebroker: error: {config}: not valid TOML: not UTF-8 text (byte 0xff at offset 8)"
+    ]
+
+
 def test_a_broker_open_to_the_network_needs_accounts_or_public(tmp_path):
     """Off loopback with no viewer access configured, the broker refuses to start and says what to do."""
     result = run_broker("--host", "0.0.0.0", env={"FRAMEBROKER_STATE_DIR": str(tmp_path)})

@@ -38,14 +38,13 @@ def load_signing_key(settings: Settings) -> SigningKey:
     if settings.secret:
         return SigningKey(settings.secret.encode())
     if settings.secret_file is not None:
+        name = settings.qualified("secret_file")
         try:
             key = settings.secret_file.read_bytes().strip()
         except OSError as exc:
-            raise ConfigError(
-                f"secret_file: cannot read {settings.secret_file}: {exc.strerror or exc}"
-            ) from None
+            raise ConfigError(f"{name}: cannot read {settings.secret_file}: {exc.strerror or exc}") from None
         if len(key) < 16:
-            raise ConfigError(f"secret_file: {settings.secret_file} holds less than 16 bytes")
+            raise ConfigError(f"{name}: {settings.secret_file} holds less than 16 bytes")
         return SigningKey(key)
     return SigningKey(_kept(settings.state_dir / SECRET_FILE, "signing key").encode())
 

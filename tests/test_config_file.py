@@ -70,6 +70,10 @@ BAD_CONFIGS = [
         '[[camera]]\nid = "g"\npublish_token_file = "missing.txt"',
         "camera[1] (g): publish_token_file: cannot read",
     ),
+    ("max_cameras = -5", "max_cameras=-5 is invalid: expected >= 1"),
+    ("workers = 2", "workers=2 needs --redis"),
+    ('trusted_proxies = ["10.0.0.0/33"]', "trusted_proxies: '10.0.0.0/33' is invalid"),
+    ('secret_file = "/nonexistent/secret.key"', "secret_file: cannot read /nonexistent/secret.key"),
 ]
 
 
@@ -84,6 +88,25 @@ def test_a_bad_config_file_stops_the_broker_with_one_line(tmp_path, text, messag
     assert len(lines) == 1, result.stderr
     assert str(config) in lines[0] and message in lines[0], lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_value_from_a_flag_or_variable_names_the_setting_not_the_file(tmp_path):
+    """A config file that is fine, and a bad value from a variable or a flag: the line names the setting
+    as given there, and not the file, which has nothing to fix."""
+    config = tmp_path / "broker.toml"
+    config.write_text("max_cameras = 12\n")
+    env = {"FRAMEBROKER_STATE_DIR": str(tmp_path), "FRAMEBROKER_MAX_CAMERAS": "-5"}
+    from_variable = run_broker("--config", str(config), env=env)
+    from_flag = run_broker("--config", str(config), "--secret-file", "/nonexistent/secret.key", env=env | {
+        "FRAMEBROKER_MAX_CAMERAS": "12"
+    })  # fmt: skip
+    assert (from_variable.returncode, from_flag.returncode) == (2, 2)
+    assert from_variable.stderr.splitlines() == [
+        "framebroker: error: max_cameras=-5 is invalid: expected >= 1"
+    ]
+    assert from_flag.stderr.splitlines() == [
+        "framebroker: error: secret_file: cannot read /nonexistent/secret.key: No such file or directory"
+    ]
 
 
 def test_a_missing_config_file_is_named(tmp_path):

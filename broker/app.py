@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .access import AccessPolicy
+from .access import AccessPolicy, CameraRule, User
 from .app_keys import AUTH, BOUNDARY, CLUSTER, HUB, LIMITS, METRICS, RESIZER, SETTINGS
 from .auth import Authenticator
 from .config import ConfigError, Settings, settings_from_env
@@ -35,9 +35,8 @@ __all__ = ["build_policy", "create_app"]
 log = logging.getLogger(__name__)
 
 
-def build_policy(settings: Settings) -> AccessPolicy:
-    """The access rules: users and cameras from the config file, the publish token, `--public`."""
-    users, cameras = read_access(settings.config) if settings.config is not None else ([], [])
+def build_policy(settings: Settings, users: list[User], cameras: list[CameraRule]) -> AccessPolicy:
+    """The access rules: the config file's users and cameras, the publish token, `--public`."""
     token, generated_into = load_publish_token(settings)
     if generated_into is not None:
         # The token itself is never logged: the operator reads it from the file.
@@ -65,11 +64,14 @@ def create_app(settings: Settings | None = None) -> web.Application:
     ConfigError for a configuration the broker cannot run with.
     """
     settings = settings or settings_from_env()
-    policy = build_policy(settings)
+    users, cameras = read_access(settings.config) if settings.config is not None else ([], [])
+    # Before build_policy() generates a publish token and logs it: a mistake in the config file
+    # or an unusable secret_file is then the only line the operator sees.
+    key = load_signing_key(settings)
+    policy = build_policy(settings, users, cameras)
     check_exposure(settings, policy)
     if settings.public:
         log.warning("--public: anyone who can reach this broker may watch cameras without signing in")
-    key = load_signing_key(settings)
     rejections = Rejections()
     limits = Limits(settings, exempt=settings.trusted_proxies, rejections=rejections)
     app = web.Application(

@@ -21,7 +21,7 @@ from .params import CAMERA_ID
 from .passwords import hash_password
 from .server import BrokerServer
 from .share import ShareLinks
-from .state import load_signing_key
+from .state import read_signing_key
 from .systemd import Notifier, ServiceNotifier
 
 __all__ = ["build_parser", "main", "serve"]
@@ -166,7 +166,8 @@ def share_command(argv: Sequence[str]) -> int:
         prog="framebroker share",
         description="Print links that let anyone holding them watch one camera, read-only, until they "
         "expire. They are signed with the broker's key (secret_file in the config, FRAMEBROKER_SECRET, "
-        "or the key generated in the state directory); changing the key revokes every link.",
+        "or the key the broker generated in its state directory, which share reads but never makes); "
+        "changing the key revokes every link.",
     )
     parser.add_argument("camera", help="camera id")
     parser.add_argument(
@@ -190,7 +191,7 @@ def share_command(argv: Sequence[str]) -> int:
         ttl = parse_value("--ttl", "float", args.ttl)
         if ttl <= 0:
             raise ConfigError(f"--ttl={args.ttl!r} is invalid: expected a positive duration")
-        links = ShareLinks(load_signing_key(settings))
+        links = ShareLinks(read_signing_key(settings))
     except ConfigError as exc:
         print(f"framebroker: error: {exc}", file=sys.stderr)
         return 2

@@ -58,7 +58,8 @@ def default_state_dir() -> Path:
 
 
 def _help(text: str, group: str, **more: Any) -> dict[str, Any]:
-    """Field metadata: help text and --help group; `flag=False` or `file=False` leave one source out."""
+    """Field metadata: help text and --help group; `flag=False`, `env=False` or `file=False` leave one
+    source out."""
     return {"help": text, "group": group, **more}
 
 
@@ -357,9 +358,23 @@ class Settings:
         default=False, metadata=_help("run a built-in synthetic camera called 'demo'", "other")
     )
 
+    # Where the values came from: not a setting itself, so no flag, variable or file key.
+    from_file: frozenset[str] = field(
+        default=frozenset(),
+        compare=False,
+        metadata=_help(
+            "the settings whose value came from the config file", "other", flag=False, file=False, env=False
+        ),
+    )
+
+    def qualified(self, setting: str) -> str:
+        """`setting` as an error message names it: after the config file when its value came from there,
+        so that the operator knows which of flag, variable and file to fix."""
+        return f"{self.config}: {setting}" if setting in self.from_file else setting
+
     def __post_init__(self) -> None:
-        _check(1 <= self.port <= 65535 or self.port == 0, "port", self.port, "a TCP port 0-65535")
-        _check(self.max_frame_bytes >= 1024, "max_frame_bytes", self.max_frame_bytes, ">= 1024")
+        self._check(1 <= self.port <= 65535 or self.port == 0, "port", self.port, "a TCP port 0-65535")
+        self._check(self.max_frame_bytes >= 1024, "max_frame_bytes", self.max_frame_bytes, ">= 1024")
         for name in (
             "max_cameras",
             "max_bad_frames",
@@ -372,11 +387,11 @@ class Settings:
             "max_variants_per_camera",
             "resize_threads",
         ):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
-        _check(self.descriptor_reserve >= 16, "descriptor_reserve", self.descriptor_reserve, ">= 16")
-        _check(self.viewer_sndbuf >= 4096, "viewer_sndbuf", self.viewer_sndbuf, ">= 4096")
-        _check(self.max_resize_pixels >= 65536, "max_resize_pixels", self.max_resize_pixels, ">= 65536")
-        _check(
+            self._check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        self._check(self.descriptor_reserve >= 16, "descriptor_reserve", self.descriptor_reserve, ">= 16")
+        self._check(self.viewer_sndbuf >= 4096, "viewer_sndbuf", self.viewer_sndbuf, ">= 4096")
+        self._check(self.max_resize_pixels >= 65536, "max_resize_pixels", self.max_resize_pixels, ">= 65536")
+        self._check(
             self.auth_failures_per_minute >= 1,
             "auth_failures_per_minute",
             self.auth_failures_per_minute,
@@ -394,56 +409,62 @@ class Settings:
             "snapshot_grace",
         ):
             value = getattr(self, name)
-            _check(value > 0, name, value, "> 0 seconds")
-        _check(self.snapshot_wait >= 0, "snapshot_wait", self.snapshot_wait, ">= 0 seconds")
-        _check(
+            self._check(value > 0, name, value, "> 0 seconds")
+        self._check(self.snapshot_wait >= 0, "snapshot_wait", self.snapshot_wait, ">= 0 seconds")
+        self._check(
             not self.default_camera or CAMERA_ID.fullmatch(self.default_camera) is not None,
             "default_camera",
             self.default_camera,
             "empty or 1-64 characters from A-Z a-z 0-9 _ -",
         )
-        _check(1 <= self.workers <= 256, "workers", self.workers, "1 to 256")
+        self._check(1 <= self.workers <= 256, "workers", self.workers, "1 to 256")
         if self.workers > 1 and not self.redis:
             raise ConfigError(
-                f"workers={self.workers} needs --redis: worker processes share cameras and viewers only "
-                "through Redis; without it each would be a separate broker with its own cameras"
+                f"{self.qualified('workers')}={self.workers} needs --redis: worker processes share cameras "
+                "and viewers only through Redis; without it each would be a separate broker with its own "
+                "cameras"
             )
-        _check(
+        self._check(
             not self.redis or self.redis.startswith(("redis://", "rediss://")),
             "redis",
             _redacted(self.redis),
             "a redis:// or rediss:// URL",
         )
-        _check(
+        self._check(
             len(self.node_name.encode()) <= 200 and self.node_name.isprintable(),
             "node_name",
             self.node_name,
             "at most 200 printable characters",
         )
-        _check(self.redis_timeout > 0, "redis_timeout", self.redis_timeout, "> 0 seconds")
-        _check(self.node_ttl >= 1, "node_ttl", self.node_ttl, ">= 1 second")
-        _check(self.log_level in LOG_LEVELS, "log_level", self.log_level, " or ".join(LOG_LEVELS))
-        _check(self.log_format in LOG_FORMATS, "log_format", self.log_format, " or ".join(LOG_FORMATS))
+        self._check(self.redis_timeout > 0, "redis_timeout", self.redis_timeout, "> 0 seconds")
+        self._check(self.node_ttl >= 1, "node_ttl", self.node_ttl, ">= 1 second")
+        self._check(self.log_level in LOG_LEVELS, "log_level", self.log_level, " or ".join(LOG_LEVELS))
+        self._check(self.log_format in LOG_FORMATS, "log_format", self.log_format, " or ".join(LOG_FORMATS))
         if (self.tls_cert is None) != (self.tls_key is None):
             given, missing = ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
             raise ConfigError(
-                f"{given} is set but {missing} is not: TLS needs both the certificate and its key"
+                f"{self.qualified(given)} is set but {missing} is not: TLS needs both the certificate and "
+                "its key"
             )
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise ConfigError(
-                    f"trusted_proxies: {proxy!r} is invalid: "
+                    f"{self.qualified('trusted_proxies')}: {proxy!r} is invalid: "
                     "expected an IP address or CIDR such as 10.0.0.0/8"
                 ) from None
         for origin in self.allowed_origins:
-            _check(
+            self._check(
                 re.fullmatch(r"https?://[^/?#\s]+", origin) is not None,
                 "allowed_origins",
                 origin,
                 "scheme://host[:port], e.g. https://home.example.org",
             )
+
+    def _check(self, ok: bool, setting: str, value: Any, expected: str) -> None:
+        if not ok:
+            raise ConfigError(f"{self.qualified(setting)}={value!r} is invalid: expected {expected}")
 
     @property
     def on_loopback(self) -> bool:
@@ -465,11 +486,6 @@ def is_loopback(host: str) -> bool:
 def _redacted(url: str) -> str:
     """A URL with its password, if any, replaced by ***."""
     return re.sub(r"(://[^/@]*:)[^/@]*@", r"\1***@", url)
-
-
-def _check(ok: bool, name: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}={value!r} is invalid: expected {expected}")
 
 
 def env_name(name: str) -> str:
@@ -546,9 +562,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any
     environ = os.environ if environ is None else environ
     from_env: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
-        raw = environ.get(env_name(f.name))
+        raw = environ.get(env_name(f.name)) if f.metadata.get("env", True) else None
         if raw is not None:
             from_env[f.name] = parse_value(env_name(f.name), str(f.type), raw)
     config = overrides.get("config", from_env.get("config"))
     from_file = read_settings(config) if config else {}
-    return Settings(**{**from_file, **from_env, **overrides})
+    return Settings(
+        **{**from_file, **from_env, **overrides},
+        from_file=frozenset(from_file.keys() - from_env.keys() - overrides.keys()),
+    )

@@ -36,6 +36,11 @@ def _load(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text; tomllib lets this through
+        raise ConfigError(
+            f"{path}: not valid TOML: not UTF-8 text "
+            f"(byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
 
 
 def read_settings(path: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import ConfigError, Settings
 
-__all__ = ["SigningKey", "load_publish_token", "load_signing_key"]
+__all__ = ["SigningKey", "load_publish_token", "load_signing_key", "read_signing_key"]
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +35,30 @@ class SigningKey:
 
 def load_signing_key(settings: Settings) -> SigningKey:
     """FRAMEBROKER_SECRET, else `secret_file`, else the state directory's key (made once)."""
-    if settings.secret:
-        return SigningKey(settings.secret.encode())
-    if settings.secret_file is not None:
-        try:
-            key = settings.secret_file.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"secret_file: cannot read {settings.secret_file}: {exc.strerror or exc}"
-            ) from None
-        if len(key) < 16:
-            raise ConfigError(f"secret_file: {settings.secret_file} holds less than 16 bytes")
-        return SigningKey(key)
-    return SigningKey(_kept(settings.state_dir / SECRET_FILE, "signing key").encode())
+    key = _configured_key(settings)
+    if key is None:
+        key = SigningKey(_kept(settings.state_dir / SECRET_FILE, "signing key").encode())
+    return key
+
+
+def read_signing_key(settings: Settings) -> SigningKey:
+    """The key load_signing_key() finds, never made: ConfigError if the state directory has none.
+
+    For `framebroker share`, whose links the broker must accept: a key made here, in a state
+    directory the broker does not use, would sign links that no broker knows.
+    """
+    key = _configured_key(settings)
+    if key is not None:
+        return key
+    path = settings.state_dir / SECRET_FILE
+    try:
+        return SigningKey(_read(path).encode())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no signing key in {path}: the broker makes it there at its first start. Start the broker "
+            f"once with --state-dir {settings.state_dir}, or give share the broker's own --state-dir "
+            "(or the secret_file or FRAMEBROKER_SECRET the broker has)"
+        ) from None
 
 
 def load_publish_token(settings: Settings) -> tuple[str, Path | None]:
@@ -56,6 +67,22 @@ def load_publish_token(settings: Settings) -> tuple[str, Path | None]:
         return settings.publish_token, None
     path = settings.state_dir / TOKEN_FILE
     return _kept(path, "publish token"), path
+
+
+def _configured_key(settings: Settings) -> SigningKey | None:
+    """FRAMEBROKER_SECRET, else `secret_file`, else None."""
+    if settings.secret:
+        return SigningKey(settings.secret.encode())
+    if settings.secret_file is not None:
+        name = settings.qualified("secret_file")
+        try:
+            key = settings.secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {settings.secret_file}: {exc.strerror or exc}") from None
+        if len(key) < 16:
+            raise ConfigError(f"{name}: {settings.secret_file} holds less than 16 bytes")
+        return SigningKey(key)
+    return None
 
 
 def _kept(path: Path, what: str) -> str:

@@ -70,11 +70,21 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.set_alpn_protocols(["http/1.1"])
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=_refuse_passphrase)
+    except _PassphraseNeeded:
+        raise ConfigError(
+            f"tls_key={str(key)!r}: the key is encrypted with a passphrase, and the broker needs it "
+            "unencrypted, as certbot writes it (openssl pkey -in KEY -out NEW_KEY writes an "
+            "unencrypted copy)"
+        ) from None
     except ssl.SSLError as exc:
         raise ConfigError(
             f"tls_cert={str(cert)!r}, tls_key={str(key)!r}: not a PEM certificate chain and its "
             f"private key ({_reason(exc) if exc.reason else 'damaged PEM data'})"
+        ) from None
+    except OSError as exc:  # e.g. a file replaced or removed since it was read above
+        raise ConfigError(
+            f"tls_cert={str(cert)!r}, tls_key={str(key)!r}: cannot load them: {_reason(exc)}"
         ) from None
     return context
 
@@ -186,6 +196,17 @@ class _Accepted(asyncio.Protocol):
         tcp.abort()
         sock.setblocking(False)
         self._acceptor.start(sock, peer, ticket)
+
+
+class _PassphraseNeeded(Exception):
+    """Raised by _refuse_passphrase: the private key is encrypted."""
+
+
+def _refuse_passphrase() -> bytes:
+    # OpenSSL calls this only for an encrypted key. Without it OpenSSL would ask on the
+    # terminal, which a service does not have (and at a SIGHUP reload nobody is there to
+    # answer); load_cert_chain() passes the exception on to its caller.
+    raise _PassphraseNeeded
 
 
 def _reason(exc: OSError) -> str:

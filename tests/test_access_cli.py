@@ -120,6 +120,26 @@ async def test_share_prints_three_links_that_work_without_an_account(start_broke
         assert resp.status == 403
 
 
+async def test_share_with_another_state_dir_makes_no_key_and_says_where_it_looked(start_broker, tmp_path):
+    """`framebroker share` given a state directory the broker does not use: no links (they would be
+    refused) and no new key there, but exit 2 with one line naming where it looked and what to do."""
+    await start_broker(config=family_config(tmp_path), state_dir=tmp_path / "state")
+    other = tmp_path / "state_new"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "broker", "share", "garden", "--ttl", "1h", "--config",
+         str(tmp_path / "broker.toml"), "--state-dir", str(other)],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (result.stdout, result.stderr.splitlines()) == ("", [
+        f"framebroker: error: no signing key in {other / 'secret.key'}: the broker makes it there at its "
+        f"first start. Start the broker once with --state-dir {other}, or give share the broker's own "
+        "--state-dir (or the secret_file or FRAMEBROKER_SECRET the broker has)"
+    ])  # fmt: skip
+    assert not other.exists()
+
+
 def test_share_refuses_a_bad_camera_or_ttl(tmp_path):
     env = {**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path)}
     for args, message in (
@@ -233,7 +253,7 @@ def test_share_links_of_a_broker_with_tls_are_https(tmp_path):
     """Without --base-url, the links name the broker's own scheme, host and port."""
     env = {
         **os.environ,
-        "FRAMEBROKER_STATE_DIR": str(tmp_path),
+        "FRAMEBROKER_SECRET": "the-key-of-the-broker-with-tls",
         "FRAMEBROKER_PORT": "8443",
         "FRAMEBROKER_TLS_CERT": str(tmp_path / "fullchain.pem"),
         "FRAMEBROKER_TLS_KEY": str(tmp_path / "privkey.pem"),

@@ -320,6 +320,67 @@ async def test_a_bad_frame_from_the_camera_is_dropped_and_counted_before_sending
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
 
 
+async def test_broken_jpegs_in_a_files_slideshow_are_dropped_and_counted(
+    broker: Any, http: aiohttp.ClientSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """A folder of two good and two truncated JPEGs played by --source files: the truncated ones
+    are dropped, counted as bad and warned about once; the viewer gets only the good ones."""
+    folder = tmp_path / "cyc"
+    folder.mkdir()
+    good = set()
+    for n in range(4):
+        jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), n * 60, np.uint8))[1].tobytes()
+        (folder / f"{n}.jpg").write_bytes(jpeg if n % 2 == 0 else jpeg[: len(jpeg) // 2])
+        if n % 2 == 0:
+            good.add(jpeg)
+    camera = CameraConfig(id="cyc", source="files", input=str(folder), fps=20, always_on=True)
+    async with running(agent_config(broker, camera)) as agent:
+        stats = agent.pipelines["cyc"].stats
+        viewer = await view(http, broker, "cyc")
+        for _ in range(4):
+            assert await next_binary(viewer) in good
+        await eventually(lambda: stats.bad >= 4, what="two passes of bad frames")
+        await viewer.close()
+        info = await camera_info(http, broker, "cyc")
+    assert info is not None and info["frames_bad"] == 0
+    warnings = [r for r in caplog.records if "not a complete JPEG" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert stats.restarts == 0
+
+
+@pytest.mark.parametrize("method", ["events", "poll"])
+async def test_a_watched_file_left_truncated_is_dropped_and_counted(
+    broker: Any, http: aiohttp.ClientSession, tmp_path: Path, caplog: pytest.LogCaptureFixture, method: str
+):
+    """--watch, and two files whose writer gave up half-way: once each has stayed incomplete for the
+    partial timeout it is counted as bad, with one warning for both; good files still get through."""
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    camera = CameraConfig(
+        id="cam", source="files", input=str(folder), watch=True, watch_method=method,
+        watch_poll_interval=0.05, always_on=True,
+    )  # fmt: skip
+    source = open_source(camera)
+    source.partial_timeout = 0.3  # type: ignore[attr-defined]
+    jpegs = [cv2.imencode(".jpg", np.full((48, 64, 3), n * 60, np.uint8))[1].tobytes() for n in range(4)]
+    async with running(agent_config(broker, camera), {"cam": source}) as agent:
+        stats = agent.pipelines["cam"].stats
+        viewer = await view(http, broker, "cam")
+        for n, jpeg in enumerate(jpegs):
+            truncated = n % 2 == 1
+            (folder / f"{n}.jpg").write_bytes(jpeg[: len(jpeg) // 2] if truncated else jpeg)
+            if truncated:
+                await eventually(lambda n=n: stats.bad == (n + 1) // 2, what=f"{n}.jpg counted as bad")
+                continue
+            # A file can be published twice (its creation and its write may be seen apart).
+            while (frame := await next_binary(viewer)) != jpeg:
+                assert frame in jpegs[:n:2], "a frame that is neither this file nor an earlier good one"
+        await viewer.close()
+    warnings = [r for r in caplog.records if "not a complete JPEG" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert (stats.bad, stats.restarts) == (2, 0)
+
+
 async def test_max_bad_frames_in_a_row_reopen_the_source(broker: Any, caplog: pytest.LogCaptureFixture):
     """A camera that only delivers broken frames is reopened after --max-bad-frames of them."""
     source = StampedSource(fps=100, corrupt=lambda index: True)

@@ -70,6 +70,10 @@ BAD_CONFIGS = [
         '[[camera]]\nid = "g"\npublish_token_file = "missing.txt"',
         "camera[1] (g): publish_token_file: cannot read",
     ),
+    ("max_cameras = -5", "max_cameras=-5 is invalid: expected >= 1"),
+    ("workers = 2", "workers=2 needs --redis"),
+    ('trusted_proxies = ["10.0.0.0/33"]', "trusted_proxies: '10.0.0.0/33' is invalid"),
+    ('secret_file = "/nonexistent/secret.key"', "secret_file: cannot read /nonexistent/secret.key"),
 ]
 
 
@@ -86,10 +90,40 @@ def test_a_bad_config_file_stops_the_broker_with_one_line(tmp_path, text, messag
     assert "Traceback" not in result.stderr
 
 
+def test_a_bad_value_from_a_flag_or_variable_names_the_setting_not_the_file(tmp_path):
+    """A config file that is fine, and a bad value from a variable or a flag: the line names the setting
+    as given there, and not the file, which has nothing to fix."""
+    config = tmp_path / "broker.toml"
+    config.write_text("max_cameras = 12\n")
+    env = {"FRAMEBROKER_STATE_DIR": str(tmp_path), "FRAMEBROKER_MAX_CAMERAS": "-5"}
+    from_variable = run_broker("--config", str(config), env=env)
+    from_flag = run_broker("--config", str(config), "--secret-file", "/nonexistent/secret.key", env=env | {
+        "FRAMEBROKER_MAX_CAMERAS": "12"
+    })  # fmt: skip
+    assert (from_variable.returncode, from_flag.returncode) == (2, 2)
+    assert from_variable.stderr.splitlines() == [
+        "framebroker: error: max_cameras=-5 is invalid: expected >= 1"
+    ]
+    assert from_flag.stderr.splitlines() == [
+        "framebroker: error: secret_file: cannot read /nonexistent/secret.key: No such file or directory"
+    ]
+
+
 def test_a_missing_config_file_is_named(tmp_path):
     result = run_broker("--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 2
     assert "nope.toml: cannot read the config file" in result.stderr
+
+
+def test_a_config_file_that_is_not_utf8_is_named_in_one_line(tmp_path):
+    """A file saved in Latin-1 (or not text at all): exit 2, one line naming the file, no traceback."""
+    config = tmp_path / "broker.toml"
+    config.write_bytes(b'host = "\xff"\n')
+    result = run_broker("--config", str(config), env={"FRAMEBROKER_STATE_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"framebroker: error: {config}: not valid TOML: not UTF-8 text (byte 0xff at offset 8)"
+    ]
 
 
 def test_a_broker_open_to_the_network_needs_accounts_or_public(tmp_path):

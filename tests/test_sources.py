@@ -228,15 +228,17 @@ def write_jpeg(path: Path, color: tuple[int, int, int], mtime: float | None = No
 
 
 async def test_files_cycles_the_folder_in_name_order(tmp_path: Path):
-    """JPEGs in name order, then again; broken files, other files and dotfiles are skipped."""
+    """JPEGs in name order, then again; other files and dotfiles are skipped, and a broken JPEG is
+    passed on like a camera's broken frame, for the capture to drop and count."""
     b = write_jpeg(tmp_path / "b.jpg", (0, 255, 0))
     a = write_jpeg(tmp_path / "a.jpg", (255, 0, 0))
     c = write_jpeg(tmp_path / "c.JPEG", (0, 0, 255))
-    (tmp_path / "broken.jpg").write_bytes(a[: len(a) // 2])
+    broken = a[: len(a) // 2]
+    (tmp_path / "broken.jpg").write_bytes(broken)
     (tmp_path / "notes.txt").write_text("not a picture")
     write_jpeg(tmp_path / ".hidden.jpg", (9, 9, 9))
-    got = await collect(FilesSource(tmp_path, fps=200.0), 6)
-    assert got.frames[:6] == [a, b, c, a, b, c]
+    got = await collect(FilesSource(tmp_path, fps=200.0), 8)
+    assert got.frames[:8] == [a, b, broken, c, a, b, broken, c]
 
 
 @pytest.mark.parametrize("method", ["events", "poll"])
@@ -271,6 +273,7 @@ def test_files_watch_keeps_only_the_newest_complete_file(tmp_path: Path, method:
     """Twenty files written while nobody reads: reading gives the newest complete one
     (or, if the watcher saw them in two batches, the newest of each), never all twenty."""
     source = FilesSource(tmp_path, watch=True, watch_method=method, poll_interval=0.05)
+    source.partial_timeout = 60  # the partial file's writer stays busy throughout (never a bad frame)
     stop = threading.Event()
     reader = source.open_reader(stop)
     watchdog = threading.Timer(20, stop.set)

@@ -25,7 +25,7 @@ from broker.server import BrokerServer
 from .access_support import PASSWORDS, family_config
 from .conftest import TOKEN, make_jpeg, next_binary, next_json, publisher
 from .test_mjpeg import PartReader
-from .tls_support import CertFiles, camera_frames, client_context, issue, next_new_part
+from .tls_support import CertFiles, camera_frames, client_context, encrypt_key, issue, next_new_part
 
 
 @pytest.fixture
@@ -244,10 +244,14 @@ def test_tls_settings_come_from_the_environment(certs):
     assert Settings().tls_handshake_timeout == 10.0
 
 
-@pytest.mark.parametrize("problem", ["missing", "not pem", "other key"])
+@pytest.mark.parametrize("problem", ["missing", "not pem", "other key", "encrypted key"])
 def test_unusable_certificate_files_stop_the_start(ca, certs, tmp_path, problem):
-    """A missing file, a file that is not PEM, or a key of another certificate: ConfigError saying so."""
-    if problem == "missing":
+    """A missing file, a file that is not PEM, a key of another certificate, or a key encrypted with a
+    passphrase: ConfigError saying so."""
+    if problem == "encrypted key":
+        encrypt_key(certs.key)
+        expected = r"tls_key=.*privkey.pem': the key is encrypted with a passphrase, and the broker needs it"
+    elif problem == "missing":
         certs.key.unlink()
         expected = r"tls_key=.*privkey.pem': cannot read it: No such file or directory"
     elif problem == "not pem":
@@ -272,6 +276,23 @@ def test_the_command_line_reports_a_bad_certificate_in_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if "framebroker: error" in line]
     assert len(lines) == 1 and "tls_cert=" in lines[0] and "cannot read it" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_an_encrypted_key_stops_the_start_without_asking_for_its_passphrase(certs, tmp_path):
+    """framebroker with a passphrase-protected key exits 2 with one line that says so, and never
+    prompts for the passphrase."""
+    encrypt_key(certs.key)
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "--port", "0", *certs.flags, "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"framebroker: error: tls_key={str(certs.key)!r}: the key is encrypted with a passphrase, and the "
+        "broker needs it unencrypted, as certbot writes it (openssl pkey -in KEY -out NEW_KEY writes an "
+        "unencrypted copy)"
+    ]
+    assert "pass phrase" not in result.stdout
 
 
 # -- certificate renewal ----------------------------------------------------------------
@@ -333,6 +354,23 @@ async def test_sighup_reloads_the_certificate_of_a_running_broker(run_broker, ca
     broker.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(broker.proc.wait(), 30) == 0
     assert "Traceback" not in await broker.rest_of_log()
+
+
+async def test_sighup_with_an_encrypted_key_keeps_the_old_certificate(run_broker, ca, certs):
+    """A passphrase-protected key copied over the live one, then `kill -HUP`: one WARNING saying the
+    key is encrypted, no prompt and no traceback, and handshakes still get the old certificate."""
+    broker = await run_broker(*certs.flags, env={"FRAMEBROKER_PUBLISH_TOKEN": TOKEN})
+    encrypt_key(certs.key)
+    broker.proc.send_signal(signal.SIGHUP)
+    await wait_for_log(broker, "not reloaded")
+
+    assert await presented_certificate(broker.port, ca) == certs.der
+    broker.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(broker.proc.wait(), 30) == 0
+    log = await broker.rest_of_log()
+    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "the key is encrypted with a passphrase" in warnings[0], log
+    assert "pass phrase" not in log and "Traceback" not in log and "ERROR" not in log
 
 
 async def test_sighup_without_tls_keeps_the_broker_running(run_broker, http):

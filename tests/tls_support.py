@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from .conftest import make_jpeg
 from .test_mjpeg import PartReader
@@ -41,6 +42,18 @@ def issue(ca: trustme.CA, folder: Path) -> CertFiles:
         pem.write_to_path(folder / "fullchain.pem", append=True)
     leaf.private_key_pem.write_to_path(folder / "privkey.pem")
     return CertFiles(folder, ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode()))
+
+
+def encrypt_key(key: Path, passphrase: bytes = b"x") -> None:
+    """Rewrite the private key in `key` encrypted with `passphrase`, as `openssl pkey -aes256` does."""
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+    )
 
 
 def client_context(ca: trustme.CA) -> ssl.SSLContext:

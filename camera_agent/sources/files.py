@@ -157,7 +157,11 @@ def _read(path: str) -> bytes | None:
 
 
 class _CycleReader:
-    """Every JPEG of the folder in name order, then again; new files join the next pass."""
+    """Every JPEG of the folder in name order, then again; new files join the next pass.
+
+    A file that is not a complete JPEG is returned all the same: the capture drops and
+    counts it, as it does for every source's bad frames.
+    """
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
@@ -170,11 +174,14 @@ class _CycleReader:
                 self._start_pass()
             path = self._pending.popleft()
             data = _read(path)
-            jpeg = complete_jpeg(data) if data is not None else None
-            if jpeg is not None:
+            if data is None:
+                continue  # gone since the listing
+            if complete_jpeg(data) is not None:
                 self._good_in_pass = (self._good_in_pass or 0) + 1
-                return jpeg
-            log.debug("skipped %s: not a complete JPEG", path)
+            else:
+                # Which file it was: the capture's warning about the bad frame cannot say.
+                log.debug("%s is not a complete JPEG", path)
+            return data
 
     def close(self) -> None:
         """Nothing stays open between reads."""
@@ -191,7 +198,11 @@ class _CycleReader:
 
 class _WatchReader:
     """The newest complete JPEG written to the folder since the last read; starts with
-    the newest existing one. Older files of a batch are skipped: newest frame wins."""
+    the newest existing one. Older files of a batch are skipped: newest frame wins.
+
+    A file still incomplete after ``partial_timeout`` is returned as it is, for the
+    capture to drop and count like any source's bad frame.
+    """
 
     def __init__(self, source: FilesSource, stop: threading.Event) -> None:
         self._source = source
@@ -202,8 +213,11 @@ class _WatchReader:
         files = _jpeg_files(source.folder)
         self._first = None
         if files:
-            data = _read(max(files, key=lambda f: f.mtime_ns).path)
+            newest = max(files, key=lambda f: f.mtime_ns).path
+            data = _read(newest)
             self._first = complete_jpeg(data) if data is not None else None
+            if data is not None and self._first is None:
+                self._partial[newest] = time.monotonic()  # perhaps still being written
 
     def read(self) -> bytes | None:
         if self._first is not None:
@@ -245,8 +259,11 @@ class _WatchReader:
                 return jpeg
             first = self._partial.setdefault(path, now)
             if now - first >= self._source.partial_timeout:
-                log.warning("skipped %s: not a complete JPEG", path)
                 del self._partial[path]
+                if data is not None:
+                    # Which file it was: the capture's warning about the bad frame cannot say.
+                    log.debug("%s is still not a complete JPEG", path)
+                    return data
         return None
 
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from .app import create_app
 from .app_keys import LIMITS, SETTINGS
 from .auth import RedactingAccessLogger
-from .config import Settings
+from .config import ConfigError, Settings
 from .gate import ConnectionGate
 from .limits import Limits
 from .serverlog import ServerLog
@@ -25,11 +25,7 @@ class BrokerServer:
     """The application on an aiohttp runner and one TCP site, with TLS when a certificate is set."""
 
     def __init__(self, settings: Settings) -> None:
-        self.certificate = (
-            Certificate(settings.tls_cert, settings.tls_key)
-            if settings.tls_cert is not None and settings.tls_key is not None
-            else None
-        )
+        self.certificate = _certificate(settings)
         self.app = create_app(settings)
         self.settings = self.app[SETTINGS]  # with the effective publish token
         self._runner = web.AppRunner(
@@ -84,6 +80,18 @@ class BrokerServer:
     async def stop(self) -> None:
         """Close every connection with "going away" and stop, within the shutdown timeout."""
         await self._runner.cleanup()
+
+
+def _certificate(settings: Settings) -> Certificate | None:
+    """The certificate to serve, if any; ConfigError naming the config file if the paths came from it."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    try:
+        return Certificate(settings.tls_cert, settings.tls_key)
+    except ConfigError as exc:
+        if {"tls_cert", "tls_key"} & settings.from_file:
+            raise ConfigError(f"{settings.config}: {exc}") from None
+        raise
 
 
 class _Site(web.BaseSite):

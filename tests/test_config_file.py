@@ -74,6 +74,10 @@ BAD_CONFIGS = [
     ("workers = 2", "workers=2 needs --redis"),
     ('trusted_proxies = ["10.0.0.0/33"]', "trusted_proxies: '10.0.0.0/33' is invalid"),
     ('secret_file = "/nonexistent/secret.key"', "secret_file: cannot read /nonexistent/secret.key"),
+    (
+        'tls_cert = "/nonexistent/cert.pem"\ntls_key = "/nonexistent/key.pem"',
+        "tls_cert='/nonexistent/cert.pem'",
+    ),
 ]
 
 

@@ -526,7 +526,9 @@ async def test_frames_the_broker_finds_too_large_are_reported_once(
     async with running(agent_config(broker, camera, backoff_max=0.1)) as agent:
         uplink = agent.pipelines["cam"].uplink
         await eventually(lambda: uplink.failed_attempts >= 3, what="several 1009 closes")
-    too_large = [r for r in caplog.records if "code 1009" in r.getMessage()]
+    too_large = [
+        r for r in caplog.records if r.name.startswith("camera_agent") and "code 1009" in r.getMessage()
+    ]
     assert len(too_large) == 1
     assert too_large[0].levelno == logging.ERROR
     assert "raise the broker's --max-frame-bytes" in too_large[0].getMessage()

@@ -210,8 +210,31 @@ async def test_a_camera_back_after_redis_restarted_goes_on_counting(
 
         await eventually(number_back, what="the camera's number back in Redis")
     c = await node(run_broker, redis, "c")
-    await redis_state(http, c, "up")  # else its publisher's first frame stays on node C
+    await redis_state(http, c, "up")  # else its publisher's first frame is numbered from 1
     await goes_on_counting(http, c, "cellar", viewer, last)
+
+
+async def test_a_frame_sent_while_redis_was_away_reaches_the_other_nodes_on_its_return(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """A camera that sends rarely sent its one frame while Redis was unreachable: when Redis
+    returns, node A passes that frame on, and node B's snapshot shows it without waiting."""
+    a = await node(run_broker, redis, "a")
+    await redis_state(http, a, "up")
+    redis.kill()
+    await redis_state(http, a, "down")
+    pub = await publisher_on(http, a, "gate")
+    jpeg = make_jpeg((20, 160, 20), text="rare")
+    await pub.send_bytes(jpeg)
+    await redis.start()
+    b = await node(run_broker, redis, "b")
+
+    async def shown_on_b() -> bool:
+        async with http.get(b.url("/cameras/gate/snapshot.jpg?max_age=60")) as resp:
+            return resp.status == 200 and await resp.read() == jpeg
+
+    await eventually(shown_on_b, what="node B's snapshot of the frame sent during the outage")
+    await pub.close()
 
 
 async def watched_then_left(

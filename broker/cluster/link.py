@@ -87,6 +87,7 @@ class RedisLink:
             raise ConfigError(f"redis={self.location!r} is invalid: {exc}") from None
         self.state = "connecting"
         self.since = time.time()
+        self._on_connect: list[Callable[[], Awaitable[None]]] = []
         self._on_up: list[Callable[[], Awaitable[None]]] = []
         self._on_down: list[Callable[[], None]] = []
         self._broken = asyncio.Event()
@@ -97,6 +98,11 @@ class RedisLink:
     def up(self) -> bool:
         """Whether Redis answers: cross-node work is done only then."""
         return self.state == "up"
+
+    def on_connect(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` each time Redis answers, before the link counts as up: what every command
+        relies on (the scripts) is in place before any command is sent."""
+        self._on_connect.append(step)
 
     def on_up(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run `step` each time the link comes up (in the order registered); a failure breaks the link."""
@@ -124,6 +130,8 @@ class RedisLink:
         while True:
             try:
                 await asyncio.wait_for(self.client.ping(), self.timeout)
+                for step in self._on_connect:
+                    await asyncio.wait_for(step(), self.timeout * 2)
                 self._broken.clear()
                 self._set_state("up")
                 for step in self._on_up:

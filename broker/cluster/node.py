@@ -67,10 +67,11 @@ class ClusterNode:
         self.demand = Demand(link, keys, instance, settings.node_ttl, self._announce)
         self.revocations = Revocations(link, keys, sessions, self._announce)
         self._scripts = [self.relay.script, *self.ownership.scripts, *self.demand.scripts]
-        link.on_up(self._load_scripts)
+        link.on_connect(self._load_scripts)
         link.on_up(self.subscriber.start)  # first, so that no news is missed during the rest
         link.on_up(self.revocations.sync)
         link.on_up(self._tick)
+        link.on_up(self._resend_newest)
         link.on_down(self._down)
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshots_waiting: dict[str, int] = {}  # per camera, for a frame from another node
@@ -112,6 +113,17 @@ class ClusterNode:
         self._learn(self.ownership.unheld)
         await self.demand.renew({c.camera: c.demand for c in self._hub.cameras() if c.demand})
         await self._update_totals(list(self.ownership.claims))
+
+    async def _resend_newest(self) -> None:
+        """Pass on the newest frame of each camera held here: frames that came while Redis was
+        unreachable (or not yet reached) were not kept, and a camera that sends rarely, or
+        has paused for want of viewers, would leave the other nodes without its picture."""
+        for camera, claim in list(self.ownership.claims.items()):
+            channel = self._hub.channel(camera)
+            # A frame numbered before the claim told this node the camera's number is older
+            # than frames the other nodes may have shown: the next frame goes on from there.
+            if channel is not None and channel.latest is not None and channel.latest.seq == channel.last_seq:
+                self.relay.send(channel.latest, claim.holder)
 
     def _down(self) -> None:
         self.relay.clear()

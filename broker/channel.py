@@ -276,6 +276,11 @@ class Channel:
         """Viewers, plus one while snapshots count: what the publisher is told."""
         return len(self._viewers) + self.snapshot_demand
 
+    @property
+    def snapshot_only(self) -> bool:
+        """Whether a recent snapshot is all the demand (nobody watches)."""
+        return self.snapshot_demand and not self._viewers
+
     def note_snapshot(self, grace: float) -> None:
         """A snapshot was asked for: count it as a viewer for `grace` seconds (the agent resumes capture)."""
         now = time.monotonic()
@@ -418,5 +423,4 @@ class Channel:
 
     def _tell_publisher(self) -> None:
         if self.publisher is not None:
-            demand = self.demand
-            self.publisher.viewers_changed(demand, snapshot_only=demand > 0 and not self._viewers)
+            self.publisher.viewers_changed(self.demand, snapshot_only=self.snapshot_only)

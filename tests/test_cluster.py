@@ -4,6 +4,7 @@ is a separate process, every client talks to it over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -286,6 +287,19 @@ async def test_a_node_started_after_a_camera_left_shows_it_offline(
     assert "not shown here: the broker already holds max_cameras=1 cameras" in await stop_and_log(small)
 
 
+async def on_demand_agent(
+    broker: BrokerProcess, camera: str, *, fps: float, idle_grace: float
+) -> asyncio.subprocess.Process:
+    """A camera-agent with a synthetic source that captures only while the broker reports demand."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "camera_agent", "--broker", broker.url(""), "--camera", camera,
+        "--source", "synthetic", "--fps", str(fps), "--idle-grace", str(idle_grace),
+        "--stats-interval", "0",
+        env={**os.environ, "CAMERA_AGENT_TOKEN": TOKEN},
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
 async def test_demand_counts_viewers_on_every_node(
     run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession, tmp_path: Path
 ):
@@ -294,12 +308,7 @@ async def test_demand_counts_viewers_on_every_node(
     that viewer's node dying."""
     a = await node(run_broker, redis, "a")
     b = await node(run_broker, redis, "b")
-    agent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "camera_agent", "--broker", a.url(""), "--camera", "porch",
-        "--source", "synthetic", "--fps", "15", "--idle-grace", "0.5", "--stats-interval", "0",
-        env={**os.environ, "CAMERA_AGENT_TOKEN": TOKEN},
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+    agent = await on_demand_agent(a, "porch", fps=15, idle_grace=0.5)
     try:
         await held_by(http, b, "porch", "a")
 
@@ -344,7 +353,7 @@ async def test_a_snapshot_subscribes_a_node_only_while_it_waits(
         await eventually(stored, what="the frame in Redis")
         await asyncio.sleep(1.2)  # older than --offline-after: the last frame of an agent that paused
         asking = asyncio.ensure_future(http.get(b.url("/cameras/porch/snapshot.jpg")))
-        assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 1}
+        assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 1, "snapshot_only": True}
         fresh = make_jpeg((200, 100, 0), text="fresh")
         while not asking.done():  # the agent captures again
             await pub.send_bytes(fresh)
@@ -358,7 +367,66 @@ async def test_a_snapshot_subscribes_a_node_only_while_it_waits(
 
         await eventually(unsubscribed, what="node B unsubscribing from the camera's frames")
         counts = await client.hgetall("framebroker:demand:porch")
-    assert [count.split()[0] for node, count in counts.items() if node.startswith(b"b#")] == [b"1"]
+    assert [count.split()[::2] for node, count in counts.items() if node.startswith(b"b#")] == [
+        [b"1", b"snapshots"]
+    ]
+
+
+async def closing_line(agent: asyncio.subprocess.Process) -> str:
+    """The agent's next log line saying it closes its camera's source."""
+    assert agent.stderr is not None
+    while True:
+        line = (await asyncio.wait_for(agent.stderr.readline(), 20)).decode()
+        assert line, "the agent exited"
+        if "closing the source" in line:
+            return line
+
+
+async def test_snapshots_on_another_node_let_an_on_demand_camera_pause(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """A snapshot on node B of a camera whose on-demand agent is on node A: the agent is told the
+    demand is a snapshot's and closes the camera once B's --snapshot-grace has passed, without its
+    own --idle-grace on top, so a program polling B slower than the grace lets the camera rest.
+    A live viewer joining on B within the grace turns the demand into a viewer's again: the camera
+    runs past the grace, and after that viewer leaves, the agent's own idle grace applies."""
+    a = await node(run_broker, redis, "a")
+    b = await node(run_broker, redis, "b", "--snapshot-grace", "1", "--snapshot-wait", "10")
+    agent = await on_demand_agent(a, "cam2", fps=10, idle_grace=2)
+    try:
+        await held_by(http, b, "cam2", "a")
+        async with http.get(b.url("/cameras/cam2/snapshot.jpg")) as resp:
+            assert resp.status == 200
+        assert "the snapshots' demand ended" in await closing_line(agent)
+
+        async with http.get(b.url("/cameras/cam2/snapshot.jpg")) as resp:
+            assert resp.status == 200
+            woken_at = int(resp.headers["X-Frame-Seq"])
+        viewer = await http.ws_connect(ws_url(b, "/cameras/cam2/ws?header=1"))
+        seq = seq_of(await frame_with_seq_after(viewer, woken_at))
+        outlived = asyncio.get_running_loop().time() + 2  # B's snapshot grace, and then some
+        while asyncio.get_running_loop().time() < outlived:
+            seq = seq_of(await frame_with_seq_after(viewer, seq))
+        await viewer.close()
+        assert "no viewers for 2s" in await closing_line(agent)
+    finally:
+        agent.terminate()
+        await agent.wait()
+
+
+async def test_a_count_that_does_not_say_its_kind_is_a_live_viewer(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """A node of an earlier version writes its count without saying whether a snapshot's grace is
+    all of it: the holder takes it for a live viewer, so the agent keeps its own idle grace."""
+    a = await node(run_broker, redis, "a")
+    pub = await publisher_on(http, a, "deck")
+    async with redis.client() as client:
+        seconds, micros = await client.time()
+        expires = seconds * 1000 + micros // 1000 + 60_000
+        await client.hset("framebroker:demand:deck", "older#1", f"1 {expires}")
+        await client.publish("framebroker:0:control", json.dumps({"t": "demand", "c": "deck"}))
+    assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 1}
 
 
 async def test_posts_hold_a_camera_through_any_node(

@@ -18,7 +18,7 @@ from ..frame import Frame
 from ..hub import Hub
 from ..sessions import Sessions
 from . import framewire
-from .demand import ClusterPublisher, Demand
+from .demand import NO_DEMAND, ClusterPublisher, Count, Demand
 from .keys import Keys
 from .link import RedisLink
 from .ownership import Ownership, RemotePublisher
@@ -110,7 +110,9 @@ class ClusterNode:
         holds), add up our cameras' viewers."""
         await self.ownership.refresh()
         self._learn(self.ownership.unheld)
-        await self.demand.renew({c.camera: c.demand for c in self._hub.cameras() if c.demand})
+        await self.demand.renew(
+            {c.camera: Count(c.demand, c.snapshot_only) for c in self._hub.cameras() if c.demand}
+        )
         await self._update_totals(list(self.ownership.claims))
 
     def _down(self) -> None:
@@ -118,7 +120,7 @@ class ClusterNode:
         self.subscriber.stop()
         for claim in self.ownership.claims.values():
             if isinstance(claim.publisher, ClusterPublisher):
-                claim.publisher.remote_changed(0)  # no other node's viewer can be served now
+                claim.publisher.remote_changed(NO_DEMAND)  # no other node's viewer can be served now
 
     # -- hooks: publishers -------------------------------------------------------------
 
@@ -207,8 +209,8 @@ class ClusterNode:
         if wanted and not was and self.link.up:
             self.link.spawn(self._fetch_latest(channel))  # the new viewer gets a picture at once
 
-    def _remote_viewers(self, channel: Channel, count: int) -> None:
-        self.demand.changed(channel.camera, count)
+    def _remote_viewers(self, channel: Channel, count: int, snapshot_only: bool) -> None:
+        self.demand.changed(channel.camera, Count(count, snapshot_only))
         self._holder_changed(channel)
 
     def _learn(self, cameras: list[str]) -> None:

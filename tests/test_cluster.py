@@ -27,6 +27,7 @@ from yarl import URL
 from .access_support import PASSWORDS, family_config
 from .cluster_support import NODE_FLAGS, RedisServer, free_port
 from .conftest import TOKEN, BrokerProcess, PartReader, make_jpeg, next_binary, next_json
+from .test_metrics import scrape
 from .test_nginx import SHIPPED, Nginx
 from .test_systemd import NotifySocket
 
@@ -334,6 +335,24 @@ async def test_demand_counts_viewers_on_every_node(
     assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 0}
 
 
+async def paused_publisher(
+    http: aiohttp.ClientSession, redis: RedisServer, a: BrokerProcess, b: BrokerProcess, camera: str
+) -> aiohttp.ClientWebSocketResponse:
+    """A publisher on node A (known to node B) that sent one frame, stored in Redis, and then
+    paused for longer than --offline-after, as an agent does when nobody watches."""
+    pub = await publisher_on(http, a, camera)
+    await held_by(http, b, camera, "a")
+    await pub.send_bytes(make_jpeg((10, 10, 10)))
+    async with redis.client() as client:
+
+        async def stored() -> bool:
+            return bool(await client.exists(f"framebroker:latest:{camera}"))
+
+        await eventually(stored, what="the frame in Redis")
+    await asyncio.sleep(1.2)  # the frame grows older than --offline-after
+    return pub
+
+
 async def test_a_snapshot_subscribes_a_node_only_while_it_waits(
     run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
 ):
@@ -342,16 +361,8 @@ async def test_a_snapshot_subscribes_a_node_only_while_it_waits(
     counts as a viewer of B for --snapshot-grace."""
     a = await node(run_broker, redis, "a")
     b = await node(run_broker, redis, "b", "--snapshot-grace", "60", "--snapshot-wait", "20")
-    pub = await publisher_on(http, a, "porch")
-    await held_by(http, b, "porch", "a")
-    await pub.send_bytes(make_jpeg((10, 10, 10)))
+    pub = await paused_publisher(http, redis, a, b, "porch")
     async with redis.client() as client:
-
-        async def stored() -> bool:
-            return bool(await client.exists("framebroker:latest:porch"))
-
-        await eventually(stored, what="the frame in Redis")
-        await asyncio.sleep(1.2)  # older than --offline-after: the last frame of an agent that paused
         asking = asyncio.ensure_future(http.get(b.url("/cameras/porch/snapshot.jpg")))
         assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 1, "snapshot_only": True}
         fresh = make_jpeg((200, 100, 0), text="fresh")
@@ -427,6 +438,24 @@ async def test_a_count_that_does_not_say_its_kind_is_a_live_viewer(
         await client.hset("framebroker:demand:deck", "older#1", f"1 {expires}")
         await client.publish("framebroker:0:control", json.dumps({"t": "demand", "c": "deck"}))
     assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 1}
+
+
+async def test_a_frame_read_back_from_redis_is_not_fan_out_latency(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """A viewer joins on node B a camera of node A that paused seconds ago: B reads the camera's
+    last frame from Redis and shows it, but its age is no sample of the ingest-to-write
+    histogram (README, "Metrics"); the next frame, relayed live, is one."""
+    a = await node(run_broker, redis, "a")
+    b = await node(run_broker, redis, "b")
+    pub = await paused_publisher(http, redis, a, b, "porch")
+    viewer = await http.ws_connect(ws_url(b, "/cameras/porch/ws?header=1"))
+    first = await frame_with_seq_after(viewer, 0)
+    histogram = ("framebroker_ingest_to_write_seconds_count", ())
+    assert (await scrape(http, b.url("/metrics")))[histogram] == 0
+    await pub.send_bytes(make_jpeg((200, 100, 0)))
+    await frame_with_seq_after(viewer, seq_of(first))
+    assert (await scrape(http, b.url("/metrics")))[histogram] == 1
 
 
 async def test_posts_hold_a_camera_through_any_node(

@@ -235,7 +235,7 @@ class ClusterNode:
                 message = await self._read_latest(camera)
                 # A frame this old is one this node would forget at once (or just forgot).
                 if message is not None and time.time() - message.received_at < self._forget_after:
-                    self._remote_frame(message)
+                    self._remote_frame(message, stored=True)
                 self._hub.release(channel)  # unless it shows that frame now, or a viewer waits
         finally:
             self._learning = False
@@ -243,7 +243,7 @@ class ClusterNode:
     async def _fetch_latest(self, channel: Channel) -> None:
         message = await self._read_latest(channel.camera)
         if message is not None:
-            self._remote_frame(message)
+            self._remote_frame(message, stored=True)
 
     async def _read_latest(self, camera: str) -> framewire.FrameMessage | None:
         """The camera's latest-frame message in Redis; None if there is none or it is not readable."""
@@ -263,13 +263,15 @@ class ClusterNode:
             return None
         return message
 
-    def _remote_frame(self, message: framewire.FrameMessage) -> None:
+    def _remote_frame(self, message: framewire.FrameMessage, *, stored: bool = False) -> None:
+        """Show another node's frame: relayed live over pub/sub, or `stored` (read from its
+        latest-frame key, possibly long after it arrived)."""
         channel = self._hub.channel(message.camera)
         if channel is None or self.ownership.holds(message.camera) is not None:
             return
         if message.seq <= channel.last_seq:
             return  # not newer than what this node shows: time never runs backwards
-        channel.show(message.frame())
+        channel.show(message.frame(), stored=stored)
 
     def _refused(self, camera: str) -> None:
         """Redis refused our frame: another node holds the camera now."""

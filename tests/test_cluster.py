@@ -786,15 +786,43 @@ async def test_cluster_settings_that_cannot_work_stop_the_broker(
         (tmp_path / "redis").mkdir()
         (tmp_path / "redis" / "__init__.py").write_text("raise ImportError('No module named redis')\n")
         env = {"PYTHONPATH": str(tmp_path)}
+    stderr = await refused_at_start(tmp_path, flags, env)
+    assert message in stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["single", "workers"])
+@pytest.mark.parametrize("query", ["ssl_ca_cert=/x", "foo=bar"])
+async def test_a_redis_url_parameter_redis_py_does_not_know_stops_the_broker(
+    tmp_path: Path, workers: list[str], query: str
+):
+    """A misspelt parameter in the Redis URL (ssl_ca_cert for ssl_ca_certs) stops a single broker
+    and a supervisor at start, with one line naming --redis and the parameter but not the
+    password, instead of a node that starts and stays "unreachable"."""
+    url = f"rediss://:hunter2@127.0.0.1:{free_port()}/0?{query}"
+    stderr = await refused_at_start(tmp_path, [*workers, "--redis", url], {})
+    parameter = query.split("=")[0]
+    assert "redis='rediss://127.0.0.1:" in stderr.splitlines()[-1]
+    assert f"'{parameter}'" in stderr.splitlines()[-1]
+    assert "hunter2" not in stderr
+
+
+async def refused_at_start(tmp_path: Path, flags: list[str], env: dict[str, str]) -> str:
+    """The log of a broker started with `flags` that stops at once with exit status 2, no traceback."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "broker", "--port", "0", *flags,
         stderr=subprocess.PIPE,
         env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"), **env},
+        start_new_session=True,  # a broker that did start is stopped with its workers
     )  # fmt: skip
-    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2
-    lines = stderr.decode().strip().splitlines()
-    assert message in lines[-1] and "Traceback" not in stderr.decode()
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    assert proc.returncode == 2, stderr.decode()
+    assert "Traceback" not in stderr.decode()
+    return stderr.decode()
 
 
 def test_a_single_broker_never_loads_redis(tmp_path: Path):

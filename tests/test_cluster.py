@@ -583,12 +583,14 @@ async def stop_and_log(broker: BrokerProcess) -> str:
 
 async def test_two_workers_share_one_port(tmp_path: Path, redis: RedisServer, http: aiohttp.ClientSession):
     """`--workers 2` serves one port from two processes acting as one: viewers on either worker
-    get the camera; a worker that dies is restarted; SIGTERM stops them all."""
+    get the camera; a worker that dies is restarted, and the log says what ended it; SIGTERM
+    stops them all."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "broker", "--workers", "2", "--redis", redis.url, "--port", "0", *NODE_FLAGS,
         stderr=subprocess.PIPE,
         env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"),
              "FRAMEBROKER_PUBLISH_TOKEN": TOKEN},
+        start_new_session=True,  # if the test fails, its workers are stopped with the supervisor
     )  # fmt: skip
     broker = BrokerProcess(proc)
     try:
@@ -610,7 +612,8 @@ async def test_two_workers_share_one_port(tmp_path: Path, redis: RedisServer, ht
         pids = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", broker.log)]
         assert len(pids) == 2
         os.kill(pids[0], signal.SIGKILL)
-        await until_log(broker, r"worker 1 exited")
+        await until_log(broker, r"worker 1 (exited|killed)")
+        assert re.search(r"worker 1 killed by signal 9 \(SIGKILL\) after [\d.]+ s; restarting it", broker.log)
         await until_log(broker, r"worker 1 serving again")
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 15) == 0
@@ -620,7 +623,7 @@ async def test_two_workers_share_one_port(tmp_path: Path, redis: RedisServer, ht
         assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]  # every worker stopped
     finally:
         if proc.returncode is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
 
 

@@ -106,6 +106,7 @@ class Channel:
         self.departed_skipped = 0
         self._fan_out_took = fan_out_took
         self._fan_out_handle: asyncio.Handle | None = None
+        self._latest_stored = False  # the newest frame was read back from storage, not just received
         self._demand_since = time.monotonic()
         # Snapshots count as one viewer until this monotonic time (--snapshot-grace after the last).
         self._snapshot_demand_until = 0.0
@@ -129,8 +130,12 @@ class Channel:
             self.relay(frame)
         return frame
 
-    def show(self, frame: Frame) -> None:
-        """Make `frame` (this node's, or another node's) the newest and schedule its fan-out."""
+    def show(self, frame: Frame, *, stored: bool = False) -> None:
+        """Make `frame` (this node's, or another node's) the newest and schedule its fan-out.
+
+        `stored`: the frame was read back from Redis (for a new viewer, or a camera this node
+        did not know), not received as it arrived: its age is no fan-out latency.
+        """
         previous = self.latest
         if previous is not None and frame.seq == previous.seq + 1:  # not across a pause or a skip
             gap = frame.received_mono - previous.received_mono
@@ -138,6 +143,7 @@ class Channel:
                 usual = self._frame_gap
                 self._frame_gap = gap if usual is None else usual + (gap - usual) / 8
         self.latest = frame
+        self._latest_stored = stored
         self.last_seq = frame.seq
         self.last_active = frame.received_mono
         self.frames += 1
@@ -276,6 +282,11 @@ class Channel:
         """Viewers, plus one while snapshots count: what the publisher is told."""
         return len(self._viewers) + self.snapshot_demand
 
+    @property
+    def snapshot_only(self) -> bool:
+        """Whether a recent snapshot is all the demand (nobody watches)."""
+        return self.snapshot_demand and not self._viewers
+
     def note_snapshot(self, grace: float) -> None:
         """A snapshot was asked for: count it as a viewer for `grace` seconds (the agent resumes capture)."""
         now = time.monotonic()
@@ -392,7 +403,7 @@ class Channel:
             viewer.offer(frame, now)
         if self.variants:
             self.variants.source(frame)  # made in threads; offered to their viewers when done
-        if self._fan_out_took is not None:
+        if self._fan_out_took is not None and not self._latest_stored:
             # Once per frame: from the frame's arrival until every viewer has been offered it.
             self._fan_out_took(time.monotonic() - frame.received_mono)
 
@@ -418,5 +429,4 @@ class Channel:
 
     def _tell_publisher(self) -> None:
         if self.publisher is not None:
-            demand = self.demand
-            self.publisher.viewers_changed(demand, snapshot_only=demand > 0 and not self._viewers)
+            self.publisher.viewers_changed(self.demand, snapshot_only=self.snapshot_only)

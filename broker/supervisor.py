@@ -36,6 +36,7 @@ HEARTBEAT = 1.0  # seconds between a worker's "alive" messages
 FIRST_RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 10.0
 STABLE_AFTER = 30.0  # a worker that ran this long starts a new series of restarts
+REAP_WITHIN = 1.0  # seconds to wait for an exiting worker's status
 
 
 class WorkerNotifier:
@@ -197,7 +198,9 @@ class Supervisor:
         loop.remove_reader(process.sentinel)
         loop.remove_reader(pipe.fileno())
         pipe.close()
-        process.join(0)
+        # The sentinel closes as the worker's files close, a moment before the kernel has its
+        # exit status: join(0) could still find it running (exitcode None).
+        process.join(REAP_WITHIN)
         worker.process = worker.pipe = None
         worker.ready = False
         if self._stopping.is_set():
@@ -214,10 +217,9 @@ class Supervisor:
         if not worker.failing:
             # Once per series of failures: a worker that keeps dying is not logged every time.
             log.warning(
-                "worker %d exited (code %s) after %.1f s; restarting it (backing off up to %g s while it "
-                "keeps failing)",
+                "worker %d %s after %.1f s; restarting it (backing off up to %g s while it keeps failing)",
                 worker.index,
-                process.exitcode,
+                _ending(process.exitcode),
                 lived,
                 MAX_RESTART_DELAY,
             )
@@ -256,3 +258,16 @@ class Supervisor:
                 process.kill()
             process.join(1.0)
         log.info("stopped")
+
+
+def _ending(exitcode: int | None) -> str:
+    """How a worker ended, for the log: its exit status, or the signal that killed it."""
+    if exitcode is None:
+        return f"exited (its status not known within {REAP_WITHIN:g} s)"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+        return f"killed by signal {-exitcode} ({name})"
+    return f"exited with status {exitcode}"

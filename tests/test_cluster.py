@@ -4,6 +4,7 @@ is a separate process, every client talks to it over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from yarl import URL
 from .access_support import PASSWORDS, family_config
 from .cluster_support import NODE_FLAGS, RedisServer, free_port
 from .conftest import TOKEN, BrokerProcess, PartReader, make_jpeg, next_binary, next_json
+from .test_metrics import scrape
 from .test_nginx import SHIPPED, Nginx
 from .test_systemd import NotifySocket
 
@@ -309,6 +311,19 @@ async def test_a_node_started_after_a_camera_left_shows_it_offline(
     assert "not shown here: the broker already holds max_cameras=1 cameras" in await stop_and_log(small)
 
 
+async def on_demand_agent(
+    broker: BrokerProcess, camera: str, *, fps: float, idle_grace: float
+) -> asyncio.subprocess.Process:
+    """A camera-agent with a synthetic source that captures only while the broker reports demand."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "camera_agent", "--broker", broker.url(""), "--camera", camera,
+        "--source", "synthetic", "--fps", str(fps), "--idle-grace", str(idle_grace),
+        "--stats-interval", "0",
+        env={**os.environ, "CAMERA_AGENT_TOKEN": TOKEN},
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
 async def test_demand_counts_viewers_on_every_node(
     run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession, tmp_path: Path
 ):
@@ -317,12 +332,7 @@ async def test_demand_counts_viewers_on_every_node(
     that viewer's node dying."""
     a = await node(run_broker, redis, "a")
     b = await node(run_broker, redis, "b")
-    agent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "camera_agent", "--broker", a.url(""), "--camera", "porch",
-        "--source", "synthetic", "--fps", "15", "--idle-grace", "0.5", "--stats-interval", "0",
-        env={**os.environ, "CAMERA_AGENT_TOKEN": TOKEN},
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+    agent = await on_demand_agent(a, "porch", fps=15, idle_grace=0.5)
     try:
         await held_by(http, b, "porch", "a")
 
@@ -348,6 +358,24 @@ async def test_demand_counts_viewers_on_every_node(
     assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 0}
 
 
+async def paused_publisher(
+    http: aiohttp.ClientSession, redis: RedisServer, a: BrokerProcess, b: BrokerProcess, camera: str
+) -> aiohttp.ClientWebSocketResponse:
+    """A publisher on node A (known to node B) that sent one frame, stored in Redis, and then
+    paused for longer than --offline-after, as an agent does when nobody watches."""
+    pub = await publisher_on(http, a, camera)
+    await held_by(http, b, camera, "a")
+    await pub.send_bytes(make_jpeg((10, 10, 10)))
+    async with redis.client() as client:
+
+        async def stored() -> bool:
+            return bool(await client.exists(f"framebroker:latest:{camera}"))
+
+        await eventually(stored, what="the frame in Redis")
+    await asyncio.sleep(1.2)  # the frame grows older than --offline-after
+    return pub
+
+
 async def test_a_snapshot_subscribes_a_node_only_while_it_waits(
     run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
 ):
@@ -356,18 +384,10 @@ async def test_a_snapshot_subscribes_a_node_only_while_it_waits(
     counts as a viewer of B for --snapshot-grace."""
     a = await node(run_broker, redis, "a")
     b = await node(run_broker, redis, "b", "--snapshot-grace", "60", "--snapshot-wait", "20")
-    pub = await publisher_on(http, a, "porch")
-    await held_by(http, b, "porch", "a")
-    await pub.send_bytes(make_jpeg((10, 10, 10)))
+    pub = await paused_publisher(http, redis, a, b, "porch")
     async with redis.client() as client:
-
-        async def stored() -> bool:
-            return bool(await client.exists("framebroker:latest:porch"))
-
-        await eventually(stored, what="the frame in Redis")
-        await asyncio.sleep(1.2)  # older than --offline-after: the last frame of an agent that paused
         asking = asyncio.ensure_future(http.get(b.url("/cameras/porch/snapshot.jpg")))
-        assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 1}
+        assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 1, "snapshot_only": True}
         fresh = make_jpeg((200, 100, 0), text="fresh")
         while not asking.done():  # the agent captures again
             await pub.send_bytes(fresh)
@@ -381,7 +401,84 @@ async def test_a_snapshot_subscribes_a_node_only_while_it_waits(
 
         await eventually(unsubscribed, what="node B unsubscribing from the camera's frames")
         counts = await client.hgetall("framebroker:demand:porch")
-    assert [count.split()[0] for node, count in counts.items() if node.startswith(b"b#")] == [b"1"]
+    assert [count.split()[::2] for node, count in counts.items() if node.startswith(b"b#")] == [
+        [b"1", b"snapshots"]
+    ]
+
+
+async def closing_line(agent: asyncio.subprocess.Process) -> str:
+    """The agent's next log line saying it closes its camera's source."""
+    assert agent.stderr is not None
+    while True:
+        line = (await asyncio.wait_for(agent.stderr.readline(), 20)).decode()
+        assert line, "the agent exited"
+        if "closing the source" in line:
+            return line
+
+
+async def test_snapshots_on_another_node_let_an_on_demand_camera_pause(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """A snapshot on node B of a camera whose on-demand agent is on node A: the agent is told the
+    demand is a snapshot's and closes the camera once B's --snapshot-grace has passed, without its
+    own --idle-grace on top, so a program polling B slower than the grace lets the camera rest.
+    A live viewer joining on B within the grace turns the demand into a viewer's again: the camera
+    runs past the grace, and after that viewer leaves, the agent's own idle grace applies."""
+    a = await node(run_broker, redis, "a")
+    b = await node(run_broker, redis, "b", "--snapshot-grace", "1", "--snapshot-wait", "10")
+    agent = await on_demand_agent(a, "cam2", fps=10, idle_grace=2)
+    try:
+        await held_by(http, b, "cam2", "a")
+        async with http.get(b.url("/cameras/cam2/snapshot.jpg")) as resp:
+            assert resp.status == 200
+        assert "the snapshots' demand ended" in await closing_line(agent)
+
+        async with http.get(b.url("/cameras/cam2/snapshot.jpg")) as resp:
+            assert resp.status == 200
+            woken_at = int(resp.headers["X-Frame-Seq"])
+        viewer = await http.ws_connect(ws_url(b, "/cameras/cam2/ws?header=1"))
+        seq = seq_of(await frame_with_seq_after(viewer, woken_at))
+        outlived = asyncio.get_running_loop().time() + 2  # B's snapshot grace, and then some
+        while asyncio.get_running_loop().time() < outlived:
+            seq = seq_of(await frame_with_seq_after(viewer, seq))
+        await viewer.close()
+        assert "no viewers for 2s" in await closing_line(agent)
+    finally:
+        agent.terminate()
+        await agent.wait()
+
+
+async def test_a_count_that_does_not_say_its_kind_is_a_live_viewer(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """A node of an earlier version writes its count without saying whether a snapshot's grace is
+    all of it: the holder takes it for a live viewer, so the agent keeps its own idle grace."""
+    a = await node(run_broker, redis, "a")
+    pub = await publisher_on(http, a, "deck")
+    async with redis.client() as client:
+        seconds, micros = await client.time()
+        expires = seconds * 1000 + micros // 1000 + 60_000
+        await client.hset("framebroker:demand:deck", "older#1", f"1 {expires}")
+        await client.publish("framebroker:0:control", json.dumps({"t": "demand", "c": "deck"}))
+    assert await next_json(pub, timeout=10) == {"type": "viewers", "count": 1}
+
+
+async def test_a_frame_read_back_from_redis_is_not_fan_out_latency(
+    run_broker: Run, redis: RedisServer, http: aiohttp.ClientSession
+):
+    """A viewer joins on node B a camera of node A that paused seconds ago: B reads the camera's
+    last frame from Redis and shows it, but its age is no sample of the ingest-to-write
+    histogram (README, "Metrics"); the next frame, relayed live, is one."""
+    a = await node(run_broker, redis, "a")
+    b = await node(run_broker, redis, "b")
+    pub = await paused_publisher(http, redis, a, b, "porch")
+    viewer = await http.ws_connect(ws_url(b, "/cameras/porch/ws?header=1"))
+    first = await frame_with_seq_after(viewer, 0)
+    histogram = ("framebroker_ingest_to_write_seconds_count", ())
+    assert (await scrape(http, b.url("/metrics")))[histogram] == 0
+    await pub.send_bytes(make_jpeg((200, 100, 0)))
+    await frame_with_seq_after(viewer, seq_of(first))
+    assert (await scrape(http, b.url("/metrics")))[histogram] == 1
 
 
 async def test_posts_hold_a_camera_through_any_node(
@@ -509,12 +606,14 @@ async def stop_and_log(broker: BrokerProcess) -> str:
 
 async def test_two_workers_share_one_port(tmp_path: Path, redis: RedisServer, http: aiohttp.ClientSession):
     """`--workers 2` serves one port from two processes acting as one: viewers on either worker
-    get the camera; a worker that dies is restarted; SIGTERM stops them all."""
+    get the camera; a worker that dies is restarted, and the log says what ended it; SIGTERM
+    stops them all."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "broker", "--workers", "2", "--redis", redis.url, "--port", "0", *NODE_FLAGS,
         stderr=subprocess.PIPE,
         env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"),
              "FRAMEBROKER_PUBLISH_TOKEN": TOKEN},
+        start_new_session=True,  # if the test fails, its workers are stopped with the supervisor
     )  # fmt: skip
     broker = BrokerProcess(proc)
     try:
@@ -536,7 +635,8 @@ async def test_two_workers_share_one_port(tmp_path: Path, redis: RedisServer, ht
         pids = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", broker.log)]
         assert len(pids) == 2
         os.kill(pids[0], signal.SIGKILL)
-        await until_log(broker, r"worker 1 exited")
+        await until_log(broker, r"worker 1 (exited|killed)")
+        assert re.search(r"worker 1 killed by signal 9 \(SIGKILL\) after [\d.]+ s; restarting it", broker.log)
         await until_log(broker, r"worker 1 serving again")
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 15) == 0
@@ -546,7 +646,7 @@ async def test_two_workers_share_one_port(tmp_path: Path, redis: RedisServer, ht
         assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]  # every worker stopped
     finally:
         if proc.returncode is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
 
 
@@ -712,15 +812,43 @@ async def test_cluster_settings_that_cannot_work_stop_the_broker(
         (tmp_path / "redis").mkdir()
         (tmp_path / "redis" / "__init__.py").write_text("raise ImportError('No module named redis')\n")
         env = {"PYTHONPATH": str(tmp_path)}
+    stderr = await refused_at_start(tmp_path, flags, env)
+    assert message in stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["single", "workers"])
+@pytest.mark.parametrize("query", ["ssl_ca_cert=/x", "foo=bar"])
+async def test_a_redis_url_parameter_redis_py_does_not_know_stops_the_broker(
+    tmp_path: Path, workers: list[str], query: str
+):
+    """A misspelt parameter in the Redis URL (ssl_ca_cert for ssl_ca_certs) stops a single broker
+    and a supervisor at start, with one line naming --redis and the parameter but not the
+    password, instead of a node that starts and stays "unreachable"."""
+    url = f"rediss://:hunter2@127.0.0.1:{free_port()}/0?{query}"
+    stderr = await refused_at_start(tmp_path, [*workers, "--redis", url], {})
+    parameter = query.split("=")[0]
+    assert "redis='rediss://127.0.0.1:" in stderr.splitlines()[-1]
+    assert f"'{parameter}'" in stderr.splitlines()[-1]
+    assert "hunter2" not in stderr
+
+
+async def refused_at_start(tmp_path: Path, flags: list[str], env: dict[str, str]) -> str:
+    """The log of a broker started with `flags` that stops at once with exit status 2, no traceback."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "broker", "--port", "0", *flags,
         stderr=subprocess.PIPE,
         env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path / "state"), **env},
+        start_new_session=True,  # a broker that did start is stopped with its workers
     )  # fmt: skip
-    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2
-    lines = stderr.decode().strip().splitlines()
-    assert message in lines[-1] and "Traceback" not in stderr.decode()
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    assert proc.returncode == 2, stderr.decode()
+    assert "Traceback" not in stderr.decode()
+    return stderr.decode()
 
 
 def test_a_single_broker_never_loads_redis(tmp_path: Path):

@@ -50,7 +50,8 @@ class Keys:
         return f"{PREFIX}:seq:{camera}"
 
     def demand(self, camera: str) -> str:
-        """Hash: node process -> "count expiry_ms" of the camera's viewers on that node."""
+        """Hash: node process -> "count expiry_ms" of the camera's viewers on that node, followed by
+        " snapshots" when a snapshot's grace is all of them."""
         return f"{PREFIX}:demand:{camera}"
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ..config import ConfigError, Settings
@@ -83,7 +84,15 @@ class RedisLink:
                 protocol=2,
                 **extra,
             )
-        except ValueError as exc:
+            # The URL's query parameters reach redis-py only when it makes a connection, which
+            # the link then reports as an outage for ever; making one now (no I/O yet) finds an
+            # unknown parameter (TypeError) or a bad value at start.
+            self.client.connection_pool.make_connection()
+        except TypeError as exc:
+            raise ConfigError(
+                f"redis={self.location!r} is invalid: the URL has a parameter redis-py does not know ({exc})"
+            ) from None
+        except (ValueError, RedisError) as exc:
             raise ConfigError(f"redis={self.location!r} is invalid: {exc}") from None
         self.state = "connecting"
         self.since = time.time()

@@ -18,7 +18,7 @@ from ..frame import Frame
 from ..hub import Hub
 from ..sessions import Sessions
 from . import framewire
-from .demand import ClusterPublisher, Demand
+from .demand import NO_DEMAND, ClusterPublisher, Count, Demand
 from .keys import Keys
 from .link import RedisLink
 from .ownership import Ownership, RemotePublisher
@@ -111,7 +111,9 @@ class ClusterNode:
         holds), add up our cameras' viewers."""
         await self.ownership.refresh()
         self._learn(self.ownership.unheld)
-        await self.demand.renew({c.camera: c.demand for c in self._hub.cameras() if c.demand})
+        await self.demand.renew(
+            {c.camera: Count(c.demand, c.snapshot_only) for c in self._hub.cameras() if c.demand}
+        )
         await self._update_totals(list(self.ownership.claims))
 
     async def _resend_newest(self) -> None:
@@ -130,7 +132,7 @@ class ClusterNode:
         self.subscriber.stop()
         for claim in self.ownership.claims.values():
             if isinstance(claim.publisher, ClusterPublisher):
-                claim.publisher.remote_changed(0)  # no other node's viewer can be served now
+                claim.publisher.remote_changed(NO_DEMAND)  # no other node's viewer can be served now
 
     # -- hooks: publishers -------------------------------------------------------------
 
@@ -219,8 +221,8 @@ class ClusterNode:
         if wanted and not was and self.link.up:
             self.link.spawn(self._fetch_latest(channel))  # the new viewer gets a picture at once
 
-    def _remote_viewers(self, channel: Channel, count: int) -> None:
-        self.demand.changed(channel.camera, count)
+    def _remote_viewers(self, channel: Channel, count: int, snapshot_only: bool) -> None:
+        self.demand.changed(channel.camera, Count(count, snapshot_only))
         self._holder_changed(channel)
 
     def _learn(self, cameras: list[str]) -> None:
@@ -245,7 +247,7 @@ class ClusterNode:
                 message = await self._read_latest(camera)
                 # A frame this old is one this node would forget at once (or just forgot).
                 if message is not None and time.time() - message.received_at < self._forget_after:
-                    self._remote_frame(message)
+                    self._remote_frame(message, stored=True)
                 self._hub.release(channel)  # unless it shows that frame now, or a viewer waits
         finally:
             self._learning = False
@@ -253,7 +255,7 @@ class ClusterNode:
     async def _fetch_latest(self, channel: Channel) -> None:
         message = await self._read_latest(channel.camera)
         if message is not None:
-            self._remote_frame(message)
+            self._remote_frame(message, stored=True)
 
     async def _read_latest(self, camera: str) -> framewire.FrameMessage | None:
         """The camera's latest-frame message in Redis; None if there is none or it is not readable."""
@@ -273,13 +275,15 @@ class ClusterNode:
             return None
         return message
 
-    def _remote_frame(self, message: framewire.FrameMessage) -> None:
+    def _remote_frame(self, message: framewire.FrameMessage, *, stored: bool = False) -> None:
+        """Show another node's frame: relayed live over pub/sub, or `stored` (read from its
+        latest-frame key, possibly long after it arrived)."""
         channel = self._hub.channel(message.camera)
         if channel is None or self.ownership.holds(message.camera) is not None:
             return
         if message.seq <= channel.last_seq:
             return  # not newer than what this node shows: time never runs backwards
-        channel.show(message.frame())
+        channel.show(message.frame(), stored=stored)
 
     def _refused(self, camera: str) -> None:
         """Redis refused our frame: another node holds the camera now."""

@@ -123,15 +123,16 @@ def _agent(raw: bytes) -> dict[str, object]:
 class RemotePublisher:
     """The publisher of a camera as seen on the nodes that do not hold it."""
 
-    def __init__(self, holder: str, node: str, on_viewers: Callable[[int], None]) -> None:
+    def __init__(self, holder: str, node: str, on_viewers: Callable[[int, bool], None]) -> None:
         self.holder = holder
         self.node = node
         self.peer = f"on node {node}"
         self._on_viewers = on_viewers
 
     def viewers_changed(self, count: int, snapshot_only: bool = False) -> None:
-        """This node's viewers of the camera changed (the holder is told the total, snapshots included)."""
-        self._on_viewers(count)
+        """This node's viewers of the camera changed (the holder is told the total, snapshots included,
+        and whether a snapshot's grace is all of it)."""
+        self._on_viewers(count, snapshot_only)
 
     def replaced(self) -> None:
         """Another publisher took over: the node that held this one closes it."""
@@ -159,7 +160,7 @@ class Ownership:
         ttl: float,
         *,
         remember: float,
-        on_remote_viewers: Callable[[Channel, int], None],
+        on_remote_viewers: Callable[[Channel, int, bool], None],
         on_holder_changed: Callable[[Channel], None],
         announce: Callable[[dict[str, object]], None],
     ) -> None:
@@ -356,7 +357,9 @@ class Ownership:
             log.info(
                 "camera %s: taken over by a publisher on node %s", camera, node, extra={"camera": camera}
             )
-        remote = RemotePublisher(holder, node, lambda count: self._on_remote_viewers(channel, count))
+        remote = RemotePublisher(
+            holder, node, lambda count, snapshot_only: self._on_remote_viewers(channel, count, snapshot_only)
+        )
         channel.attach_publisher(remote)  # closes this node's publisher, if any, with 4000
         self._on_holder_changed(channel)
 

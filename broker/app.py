@@ -28,7 +28,7 @@ from .state import load_publish_token, load_signing_key
 from .throttle import FailureThrottle
 
 if TYPE_CHECKING:
-    from .cluster.node import ClusterNode
+    from .cluster.link import RedisLink
 
 __all__ = ["build_policy", "create_app"]
 
@@ -65,8 +65,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     """
     settings = settings or settings_from_env()
     users, cameras = read_access(settings.config) if settings.config is not None else ([], [])
-    # Before build_policy() generates a publish token and logs it: a mistake in the config file
-    # or an unusable secret_file is then the only line the operator sees.
+    # Before build_policy() generates a publish token and logs it: a mistake in the config file,
+    # the Redis settings or an unusable secret_file is then the only line the operator sees.
+    redis_link = _redis_link(settings) if settings.redis else None
     key = load_signing_key(settings)
     policy = build_policy(settings, users, cameras)
     check_exposure(settings, policy)
@@ -91,8 +92,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[METRICS] = Metrics(lambda: app[HUB].cameras(), lambda: app[LIMITS].connections, rejections)
     app[RESIZER] = Resizer(settings.resize_threads, settings.max_resize_pixels)
     app[HUB] = Hub(settings, fan_out_took=app[METRICS].fan_out.observe, resizer=app[RESIZER])
-    if settings.redis:
-        app[CLUSTER] = _cluster_node(settings, app[HUB], sessions)
+    if redis_link is not None:
+        from .cluster.node import ClusterNode
+
+        app[CLUSTER] = ClusterNode(settings, redis_link, app[HUB], sessions)
         app.cleanup_ctx.append(_cluster)
     app[BOUNDARY] = b"frame-" + secrets.token_hex(8).encode()
     setup_routes(app, settings.static_dir)
@@ -104,14 +107,14 @@ def create_app(settings: Settings | None = None) -> web.Application:
     return app
 
 
-def _cluster_node(settings: Settings, hub: Hub, sessions: Sessions) -> ClusterNode:
+def _redis_link(settings: Settings) -> RedisLink:
     try:
-        from .cluster.node import ClusterNode
+        from .cluster.link import RedisLink
     except ImportError as exc:
         raise ConfigError(
             f"--redis needs redis-py with hiredis ({exc}): pip install 'framebroker[cluster]'"
         ) from None
-    return ClusterNode(settings, hub, sessions)
+    return RedisLink(settings)
 
 
 async def _cluster(app: web.Application) -> AsyncIterator[None]:

@@ -72,6 +72,12 @@ BAD_CONFIGS = [
     ),
     ("max_cameras = -5", "max_cameras=-5 is invalid: expected >= 1"),
     ("workers = 2", "workers=2 needs --redis"),
+    ('redis = "redis://127.0.0.1:1/zero"', "redis='redis://127.0.0.1:1/zero' is invalid"),
+    ('redis = "redis://127.0.0.1:1/0?protocol=3"', "protocol=3 is not supported"),
+    (
+        'redis = "redis://127.0.0.1:1/0"\nredis_password_file = "/nonexistent/pw"',
+        "redis_password_file='/nonexistent/pw': cannot read it",
+    ),
     ('trusted_proxies = ["10.0.0.0/33"]', "trusted_proxies: '10.0.0.0/33' is invalid"),
     ('secret_file = "/nonexistent/secret.key"', "secret_file: cannot read /nonexistent/secret.key"),
     (

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
@@ -37,15 +37,27 @@ def redis_location(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}/{db}"
 
 
-def database_number(url: str) -> int:
+def database_number(settings: Settings) -> int:
     """The database the URL names: the cluster's keys and channels are kept apart per database."""
-    path = urlsplit(url).path.lstrip("/")
+    parts = urlsplit(settings.redis)
     try:
-        return int(path or "0")
+        return int(parts.path.lstrip("/") or "0")
     except ValueError:
         raise ConfigError(
-            f"redis={redis_location(url)!r} is invalid: the path must be a database number"
+            f"{settings.qualified('redis')}={redis_location(settings.redis)!r} is invalid: "
+            "the path must be a database number"
         ) from None
+
+
+def _check_protocol(settings: Settings) -> None:
+    # redis-py lets the URL's parameters override its arguments, and RESP3 would undo the
+    # choice of RESP2 below.
+    protocols = parse_qs(urlsplit(settings.redis).query).get("protocol", [])
+    if any(value != "2" for value in protocols):
+        raise ConfigError(
+            f"{settings.qualified('redis')}={redis_location(settings.redis)!r} is invalid: "
+            f"protocol={protocols[0]} is not supported: the broker speaks RESP2 (protocol=2) to Redis"
+        )
 
 
 def _password(settings: Settings) -> str | None:
@@ -55,8 +67,8 @@ def _password(settings: Settings) -> str | None:
         return settings.redis_password_file.read_text().strip()
     except OSError as exc:
         raise ConfigError(
-            f"redis_password_file={str(settings.redis_password_file)!r}: cannot read it: "
-            f"{exc.strerror or exc}"
+            f"{settings.qualified('redis_password_file')}={str(settings.redis_password_file)!r}: "
+            f"cannot read it: {exc.strerror or exc}"
         ) from None
 
 
@@ -65,7 +77,9 @@ class RedisLink:
 
     def __init__(self, settings: Settings) -> None:
         self.location = redis_location(settings.redis)
-        self.db = database_number(settings.redis)
+        self.db = database_number(settings)
+        _check_protocol(settings)
+        name = settings.qualified("redis")
         self.timeout = settings.redis_timeout
         password = _password(settings)
         extra = {"password": password} if password is not None else {}
@@ -90,10 +104,10 @@ class RedisLink:
             self.client.connection_pool.make_connection()
         except TypeError as exc:
             raise ConfigError(
-                f"redis={self.location!r} is invalid: the URL has a parameter redis-py does not know ({exc})"
+                f"{name}={self.location!r} is invalid: the URL has a parameter redis-py does not know ({exc})"
             ) from None
         except (ValueError, RedisError) as exc:
-            raise ConfigError(f"redis={self.location!r} is invalid: {exc}") from None
+            raise ConfigError(f"{name}={self.location!r} is invalid: {exc}") from None
         self.state = "connecting"
         self.since = time.time()
         self._on_connect: list[Callable[[], Awaitable[None]]] = []

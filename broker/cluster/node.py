@@ -41,10 +41,10 @@ class ClusterNode:
     """This broker's part in the cluster. The broker calls it when a publisher comes or goes,
     for a snapshot of a camera held elsewhere, and for /api/cameras and /healthz."""
 
-    def __init__(self, settings: Settings, hub: Hub, sessions: Sessions) -> None:
+    def __init__(self, settings: Settings, link: RedisLink, hub: Hub, sessions: Sessions) -> None:
         self.name = settings.node_name or default_node_name(settings)
         self._hub = hub
-        self.link = link = RedisLink(settings)
+        self.link = link
         self.keys = keys = Keys(link.db)
         self._interval = settings.node_ttl / 3
         self._forget_after = settings.forget_after

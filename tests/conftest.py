@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import re
+import resource
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -240,6 +244,35 @@ class BrokerProcess:
 
     def url(self, path: str) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+
+@contextlib.asynccontextmanager
+async def broker_with_few_descriptors(
+    tmp_path: Any, reserve: int, held: list[socket.socket], *flags: str
+) -> AsyncIterator[BrokerProcess]:
+    """`python -m broker` allowed 160 open files (publish token TOKEN); at the end the `held`
+    sockets are closed, the broker stopped, and its log has no ERROR."""
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "--port", "0", "--descriptor-reserve", str(reserve), *flags,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path), "FRAMEBROKER_PUBLISH_TOKEN": TOKEN},
+        preexec_fn=few_descriptors,
+    )  # fmt: skip
+    broker = BrokerProcess(proc)
+    try:
+        await broker.wait_serving()
+        yield broker
+    finally:
+        for sock in held:
+            sock.close()
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 10)
+    log = await broker.rest_of_log()
+    assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
 
 
 @pytest.fixture

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
 import resource
-import signal
 import socket
 import ssl
 import subprocess
-import sys
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from broker.app_keys import HUB
 
-from .conftest import BrokerProcess, make_jpeg, peak_rss, publisher
+from .conftest import TOKEN, broker_with_few_descriptors, make_jpeg, peak_rss, publisher
 
 
 async def handshake_status(http, url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -134,41 +130,12 @@ async def test_one_address_cannot_take_every_viewer_slot(start_broker, http):
         await ws.close()
 
 
-@contextlib.asynccontextmanager
-async def broker_with_few_descriptors(
-    tmp_path, reserve: int, held: list[socket.socket]
-) -> AsyncIterator[BrokerProcess]:
-    """`python -m broker` allowed 160 open files (publish token fd-token); at the end the `held`
-    sockets are closed, the broker stopped, and its log has no ERROR."""
-
-    def few_descriptors() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker", "--port", "0", "--descriptor-reserve", str(reserve),
-        stderr=subprocess.PIPE,
-        env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path), "FRAMEBROKER_PUBLISH_TOKEN": "fd-token"},
-        preexec_fn=few_descriptors,
-    )  # fmt: skip
-    broker = BrokerProcess(proc)
-    try:
-        await broker.wait_serving()
-        yield broker
-    finally:
-        for sock in held:
-            sock.close()
-        proc.send_signal(signal.SIGINT)
-        await asyncio.wait_for(proc.wait(), 10)
-    log = await broker.rest_of_log()
-    assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
-
-
 async def test_descriptors_run_low_new_connections_are_refused_but_publishers_get_in(tmp_path):
     """Near its open-file limit: viewers get 503, then idle connections are refused; an agent still joins."""
 
     idle: list[socket.socket] = []
     async with broker_with_few_descriptors(tmp_path, 40, idle) as broker:
-        auth = {"Authorization": "Bearer fd-token"}
+        auth = {"Authorization": f"Bearer {TOKEN}"}
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             async with http.post(broker.url("/cameras/cam/publish"), data=make_jpeg(), headers=auth) as r:
                 assert r.status == 204
@@ -233,7 +200,7 @@ async def test_clients_that_hold_their_connections_never_keep_an_agent_out(tmp_p
 
     held: list[socket.socket] = []
     async with broker_with_few_descriptors(tmp_path, 64, held) as broker:
-        auth = {"Authorization": "Bearer fd-token"}
+        auth = {"Authorization": f"Bearer {TOKEN}"}
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             async with http.post(broker.url("/cameras/d1/publish"), data=make_jpeg(), headers=auth) as r:
                 assert r.status == 204

@@ -23,7 +23,7 @@ from broker.config import ConfigError, Settings, settings_from_env
 from broker.server import BrokerServer
 
 from .access_support import PASSWORDS, family_config
-from .conftest import TOKEN, make_jpeg, next_binary, next_json, publisher
+from .conftest import TOKEN, broker_with_few_descriptors, make_jpeg, next_binary, next_json, publisher
 from .test_mjpeg import PartReader
 from .tls_support import CertFiles, camera_frames, client_context, encrypt_key, issue, next_new_part
 
@@ -421,25 +421,9 @@ async def test_stopping_while_stalled_viewers_wait_leaves_no_unretrieved_error(
 async def test_connections_stuck_before_their_handshake_count_against_the_descriptors(tmp_path, ca, certs):
     """A flood of TCP connections that never start TLS is refused before the broker runs out of
     descriptors; once it is gone, a wss publisher gets in."""
-    import os
-    import resource
-
-    from .conftest import BrokerProcess
-
-    def few_descriptors() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker", "--port", "0", "--descriptor-reserve", "40",
-        "--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--tls-handshake-timeout", "30",
-        stderr=subprocess.PIPE,
-        env={**os.environ, "FRAMEBROKER_STATE_DIR": str(tmp_path), "FRAMEBROKER_PUBLISH_TOKEN": TOKEN},
-        preexec_fn=few_descriptors,
-    )  # fmt: skip
-    broker = BrokerProcess(proc)
     flood: list[socket.socket] = []
-    try:
-        await broker.wait_serving()
+    tls = ("--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--tls-handshake-timeout", "30")
+    async with broker_with_few_descriptors(tmp_path, 40, flood, *tls) as broker:
         for _ in range(200):
             flood.append(socket.create_connection(("127.0.0.1", broker.port)))
         await asyncio.sleep(1)
@@ -464,10 +448,4 @@ async def test_connections_stuck_before_their_handshake_count_against_the_descri
             )
             assert (await pub.receive_json())["type"] == "viewers"
             await pub.close()
-    finally:
-        for sock in flood:
-            sock.close()
-        proc.send_signal(signal.SIGINT)
-        await asyncio.wait_for(proc.wait(), 10)
-    log = await broker.rest_of_log()
-    assert " ERROR " not in log and "Traceback" not in log and "no descriptor left" not in log, log[-2000:]
+    assert "no descriptor left" not in broker.log, broker.log[-2000:]

@@ -35,10 +35,8 @@ class SigningKey:
 
 def load_signing_key(settings: Settings) -> SigningKey:
     """FRAMEBROKER_SECRET, else `secret_file`, else the state directory's key (made once)."""
-    key = _configured_key(settings)
-    if key is None:
-        key = SigningKey(_kept(settings.state_dir / SECRET_FILE, "signing key").encode())
-    return key
+    generated = settings.state_dir / SECRET_FILE
+    return _configured_key(settings) or SigningKey(_kept(generated, "signing key").encode())
 
 
 def read_signing_key(settings: Settings) -> SigningKey:
